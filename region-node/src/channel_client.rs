@@ -1,0 +1,99 @@
+//! The ChannelClient: a node's local end of a channel.
+//!
+//! Each node runs one per channel that has local attachments. It knows which of the
+//! node's connections are attached and in which modes, and fans each sequenced frame
+//! out to them. Connections never talk to a master; they talk to their ChannelClient.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+
+use crate::outbox::Outbox;
+use crate::protocol::{codec, flags, Encoded, Format, ProtocolMessage};
+
+/// One attached connection.
+pub struct Subscriber {
+    pub outbox: Arc<Outbox>,
+    /// Granted mode flags.
+    pub modes: i64,
+    /// Whether the connection wants its own messages back on this channel.
+    pub echo: bool,
+}
+
+#[derive(Default)]
+pub struct ChannelClient {
+    subscribers: Vec<Subscriber>,
+}
+
+/// Occupancy counts (the `metrics` of ChannelDetails).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Occupancy {
+    pub connections: usize,
+    pub presence_connections: usize,
+    pub presence_members: usize,
+    pub presence_subscribers: usize,
+    pub publishers: usize,
+    pub subscribers: usize,
+}
+
+impl ChannelClient {
+    /// Adds or replaces a connection's attachment (a re-ATTACH may change modes).
+    pub fn attach(&mut self, subscriber: Subscriber) {
+        let id = &subscriber.outbox.connection_id;
+        self.subscribers.retain(|s| &s.outbox.connection_id != id);
+        self.subscribers.push(subscriber);
+    }
+
+    pub fn detach(&mut self, connection_id: &str) {
+        self.subscribers
+            .retain(|s| &*s.outbox.connection_id != connection_id);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subscribers.is_empty()
+    }
+
+    /// Sends a sequenced frame to every local subscriber, encoding it at most once per
+    /// wire format.
+    pub fn deliver(&mut self, frame: &ProtocolMessage) {
+        // Connections that ended without detaching are dropped here rather than kept.
+        self.subscribers.retain(|s| !s.outbox.is_closed());
+
+        let json = OnceLock::new();
+        let msgpack = OnceLock::new();
+        let origin = frame.connection_id.as_deref();
+
+        for sub in &self.subscribers {
+            if sub.modes & flags::SUBSCRIBE == 0 {
+                continue;
+            }
+            if !sub.echo && origin == Some(&*sub.outbox.connection_id) {
+                continue;
+            }
+            let encoded = match sub.outbox.format {
+                Format::Json => json.get_or_init(|| codec::encode(frame, Format::Json)),
+                Format::Msgpack => msgpack.get_or_init(|| codec::encode(frame, Format::Msgpack)),
+            };
+            sub.outbox.send_frame(Encoded::clone(encoded));
+        }
+    }
+
+    pub fn occupancy(&self) -> Occupancy {
+        let count = |mode: i64| {
+            self.subscribers
+                .iter()
+                .filter(|s| s.modes & mode != 0)
+                .count()
+        };
+        Occupancy {
+            connections: self.subscribers.len(),
+            presence_connections: count(flags::PRESENCE),
+            presence_members: 0,
+            presence_subscribers: count(flags::PRESENCE_SUBSCRIBE),
+            publishers: count(flags::PUBLISH),
+            subscribers: count(flags::SUBSCRIBE),
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The ChannelMaster: the one sequencer of a channel.
+//!
+//! It gives each published message its position (and so its `serial`), drops
+//! messages whose id it has already sequenced (answering with the first serial), and
+//! keeps the channel's recent history. It is a plain state machine: no sockets, no
+//! tasks, no clock. Callers hand in the time and carry the results where they belong.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::config::HistoryConfig;
+use crate::position::Position;
+use crate::protocol::{action, Message, ProtocolMessage};
+
+/// One publish as the master receives it. Messages are already validated and
+/// normalised; any without an id get `<id_base>:<index>`.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub messages: Vec<Message>,
+    /// `connectionId:msgSerial` for a realtime publish, a random base for REST.
+    pub id_base: String,
+    /// The publishing connection, for realtime publishes (stamped on messages and used
+    /// by subscribers to honour `echo=false`).
+    pub connection_id: Option<String>,
+}
+
+/// What sequencing one publish produced.
+#[derive(Debug, Clone)]
+pub struct Sequenced {
+    /// A serial per published message, in order; a duplicate gets its first serial.
+    pub serials: Vec<Option<String>>,
+    /// The MESSAGE frame for subscribers, holding only messages not seen before;
+    /// `None` when every message was a duplicate.
+    pub frame: Option<ProtocolMessage>,
+}
+
+/// A history read: bounds in ms (inclusive), a page size, a direction, and a cursor
+/// that continues a previous page (exclusive).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub limit: usize,
+    pub forwards: bool,
+    pub cursor: Option<Position>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub messages: Vec<Message>,
+    /// Where the next page starts (exclusive), when there is one.
+    pub next: Option<Position>,
+}
+
+struct Stored {
+    position: Position,
+    message: Message,
+    bytes: usize,
+}
+
+pub struct ChannelMaster {
+    name: String,
+    last: Position,
+    history: VecDeque<Stored>,
+    history_bytes: usize,
+    seen: HashMap<String, Option<String>>,
+    seen_order: VecDeque<(i64, String)>,
+    limits: HistoryConfig,
+}
+
+impl ChannelMaster {
+    /// A master starting a channel under `epoch`, with nothing sequenced yet.
+    pub fn new(name: &str, epoch: u32, limits: HistoryConfig) -> Self {
+        Self {
+            name: name.to_owned(),
+            last: Position::new(epoch, 0),
+            history: VecDeque::new(),
+            history_bytes: 0,
+            seen: HashMap::new(),
+            seen_order: VecDeque::new(),
+            limits,
+        }
+    }
+
+    /// The position of the latest message (or the epoch's start when there is none).
+    pub fn position(&self) -> Position {
+        self.last
+    }
+
+    /// Nothing left to keep: no history and no remembered ids.
+    pub fn is_empty(&self) -> bool {
+        self.history.is_empty() && self.seen_order.is_empty()
+    }
+
+    pub fn sequence(&mut self, publish: Publish, now_ms: i64) -> Sequenced {
+        let mut serials = Vec::with_capacity(publish.messages.len());
+        let mut fresh = Vec::with_capacity(publish.messages.len());
+
+        for (index, mut message) in publish.messages.into_iter().enumerate() {
+            let id = message
+                .id
+                .get_or_insert_with(|| format!("{}:{index}", publish.id_base));
+            if let Some(first) = self.seen.get(id.as_str()) {
+                serials.push(first.clone());
+                continue;
+            }
+
+            self.last = self.last.next();
+            let serial = self.last.to_string();
+            self.remember(id.clone(), Some(serial.clone()), now_ms);
+            stamp(
+                &mut message,
+                &serial,
+                publish.connection_id.as_deref(),
+                now_ms,
+            );
+            self.store(self.last, message.clone());
+
+            serials.push(Some(serial));
+            fresh.push(message);
+        }
+
+        self.expire(now_ms);
+        let frame = (!fresh.is_empty())
+            .then(|| self.frame(fresh, &publish.id_base, publish.connection_id, now_ms));
+        Sequenced { serials, frame }
+    }
+
+    /// Drops history and remembered ids that fell out of their windows.
+    pub fn expire(&mut self, now_ms: i64) {
+        let max_age = self.limits.max_age_ms as i64;
+        while let Some(oldest) = self.history.front() {
+            let len = self.history.len();
+            let too_old = now_ms - oldest.message.timestamp.unwrap_or(now_ms) > max_age
+                && len > self.limits.min_messages;
+            let too_many = len > self.limits.max_messages;
+            let too_big = self.history_bytes > self.limits.max_bytes && len > 1;
+            if !(too_old || too_many || too_big) {
+                break;
+            }
+            let dropped = self.history.pop_front().expect("front exists");
+            self.history_bytes -= dropped.bytes;
+        }
+
+        let window = self.limits.dedup_window_ms as i64;
+        while let Some((at, _)) = self.seen_order.front() {
+            if now_ms - at <= window && self.seen_order.len() <= self.limits.dedup_max_ids {
+                break;
+            }
+            let (_, id) = self.seen_order.pop_front().expect("front exists");
+            self.seen.remove(&id);
+        }
+    }
+
+    pub fn history(&self, query: &HistoryQuery) -> HistoryPage {
+        let in_range = |s: &&Stored| {
+            let ts = s.message.timestamp.unwrap_or(0);
+            query.start.is_none_or(|start| ts >= start)
+                && query.end.is_none_or(|end| ts <= end)
+                && query.cursor.is_none_or(|c| {
+                    if query.forwards {
+                        s.position > c
+                    } else {
+                        s.position < c
+                    }
+                })
+        };
+
+        let mut messages = Vec::with_capacity(query.limit.min(self.history.len()));
+        let mut last = None;
+        let mut more = false;
+        let mut take = |s: &Stored| {
+            if messages.len() == query.limit {
+                more = true;
+                return false;
+            }
+            messages.push(s.message.clone());
+            last = Some(s.position);
+            true
+        };
+
+        if query.forwards {
+            for s in self.history.iter().filter(in_range) {
+                if !take(s) {
+                    break;
+                }
+            }
+        } else {
+            for s in self.history.iter().rev().filter(in_range) {
+                if !take(s) {
+                    break;
+                }
+            }
+        }
+
+        HistoryPage {
+            messages,
+            next: if more { last } else { None },
+        }
+    }
+
+    fn remember(&mut self, id: String, serial: Option<String>, now_ms: i64) {
+        self.seen_order.push_back((now_ms, id.clone()));
+        self.seen.insert(id, serial);
+    }
+
+    fn store(&mut self, position: Position, message: Message) {
+        let bytes = message.size();
+        self.history_bytes += bytes;
+        self.history.push_back(Stored {
+            position,
+            message,
+            bytes,
+        });
+    }
+
+    fn frame(
+        &self,
+        messages: Vec<Message>,
+        id_base: &str,
+        connection_id: Option<String>,
+        now_ms: i64,
+    ) -> ProtocolMessage {
+        ProtocolMessage {
+            id: connection_id.is_some().then(|| id_base.to_owned()),
+            channel_serial: Some(self.last.to_string()),
+            connection_id,
+            timestamp: Some(now_ms),
+            messages: Some(messages),
+            ..ProtocolMessage::for_channel(action::MESSAGE, &self.name)
+        }
+    }
+}
+
+fn stamp(message: &mut Message, serial: &str, connection_id: Option<&str>, now_ms: i64) {
+    message.serial = Some(serial.to_owned());
+    message.action.get_or_insert(0);
+    message.timestamp.get_or_insert(now_ms);
+    if message.connection_id.is_none() {
+        message.connection_id = connection_id.map(str::to_owned);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Data;
+
+    fn limits() -> HistoryConfig {
+        HistoryConfig {
+            max_age_ms: 1_000,
+            min_messages: 3,
+            ..HistoryConfig::default()
+        }
+    }
+
+    fn named(name: &str) -> Message {
+        Message {
+            name: Some(name.into()),
+            data: Some(Data::Text(name.into())),
+            ..Message::default()
+        }
+    }
+
+    fn publish(names: &[&str], base: &str) -> Publish {
+        Publish {
+            messages: names.iter().map(|n| named(n)).collect(),
+            id_base: base.into(),
+            connection_id: Some("conn".into()),
+        }
+    }
+
+    #[test]
+    fn messages_get_increasing_serials_and_ids() {
+        let mut master = ChannelMaster::new("c", 1, limits());
+        let first = master.sequence(publish(&["a", "b"], "conn:0"), 10);
+        let second = master.sequence(publish(&["c"], "conn:1"), 11);
+
+        let serials: Vec<String> = first
+            .serials
+            .iter()
+            .chain(&second.serials)
+            .map(|s| s.clone().unwrap())
+            .collect();
+        assert!(serials.windows(2).all(|w| w[0] < w[1]), "{serials:?}");
+
+        let frame = first.frame.unwrap();
+        assert_eq!(frame.id.as_deref(), Some("conn:0"));
+        assert_eq!(frame.channel_serial.as_deref(), Some(serials[1].as_str()));
+        let ids: Vec<_> = frame
+            .messages
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id.unwrap())
+            .collect();
+        assert_eq!(ids, ["conn:0:0", "conn:0:1"]);
+    }
+
+    #[test]
+    fn a_republished_id_is_dropped_and_answered_with_the_first_serial() {
+        let mut master = ChannelMaster::new("c", 1, limits());
+        let first = master.sequence(publish(&["a"], "conn:0"), 10);
+        let again = master.sequence(publish(&["a"], "conn:0"), 11);
+
+        assert_eq!(again.serials, first.serials);
+        assert!(again.frame.is_none());
+        assert_eq!(
+            master
+                .history(&HistoryQuery {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .messages
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn history_keeps_the_minimum_count_past_the_age_limit() {
+        let mut master = ChannelMaster::new("c", 1, limits());
+        for i in 0..5 {
+            master.sequence(publish(&["m"], &format!("conn:{i}")), i);
+        }
+        master.expire(10_000);
+        let page = master.history(&HistoryQuery {
+            limit: 100,
+            ..Default::default()
+        });
+        assert_eq!(page.messages.len(), 3, "min_messages survive the age limit");
+    }
+
+    #[test]
+    fn history_pages_in_both_directions() {
+        let mut master = ChannelMaster::new("c", 1, HistoryConfig::default());
+        for i in 0..5 {
+            master.sequence(publish(&[&format!("m{i}")], &format!("conn:{i}")), 100 + i);
+        }
+        let names = |p: &HistoryPage| -> Vec<String> {
+            p.messages.iter().map(|m| m.name.clone().unwrap()).collect()
+        };
+
+        let back = master.history(&HistoryQuery {
+            limit: 2,
+            ..Default::default()
+        });
+        assert_eq!(names(&back), ["m4", "m3"]);
+        let back2 = master.history(&HistoryQuery {
+            limit: 2,
+            cursor: back.next,
+            ..Default::default()
+        });
+        assert_eq!(names(&back2), ["m2", "m1"]);
+
+        let fwd = master.history(&HistoryQuery {
+            limit: 10,
+            forwards: true,
+            start: Some(102),
+            ..Default::default()
+        });
+        assert_eq!(names(&fwd), ["m2", "m3", "m4"]);
+        assert!(fwd.next.is_none());
+    }
+}

@@ -1,0 +1,377 @@
+//! Configuration: TOML sections, `STARLING_<SECTION>__<KEY>` environment overrides,
+//! and the defaults of the no-argument one-node region.
+//!
+//! Unknown keys in a file are errors (every section denies them); unknown `STARLING_*`
+//! variables are warnings, because a typo in an environment must not stop a fleet.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format as _, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+const ENV_PREFIX: &str = "STARLING_";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    pub connection: ConnectionConfig,
+    pub limits: LimitsConfig,
+    pub history: HistoryConfig,
+    pub log: LogConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id within its region; shows up in logs and `serverId`.
+    pub id: String,
+    /// The region this node belongs to.
+    pub region: String,
+    /// Where the node keeps what must survive a restart (apps made through the admin
+    /// API, the generated admin token and cluster secret).
+    pub data_dir: PathBuf,
+    /// Secret that authenticates connection keys. Generated into the data directory
+    /// when absent; every node of a cluster must share it for resumes across nodes.
+    pub cluster_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// WebSocket and REST address. Port 0 picks a free port (see the describe file).
+    pub client: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for the admin API. Generated into the data directory when absent.
+    pub token: Option<String>,
+    /// Accept admin requests from loopback without a token. On in the no-argument
+    /// default, off when a configuration file is given.
+    pub loopback_without_token: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Longest silence the server allows itself towards a client (`maxIdleInterval`).
+    pub max_idle_interval_ms: u64,
+    /// How long a dropped connection's state is kept for a resume (`connectionStateTtl`).
+    pub state_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message (name, clientId, data and extras), and the sum over one publish.
+    pub max_message_size: usize,
+    /// Largest WebSocket frame or REST body accepted.
+    pub max_frame_size: usize,
+    /// Bytes queued towards one connection before it is cut off as a slow consumer.
+    pub max_connection_queue_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages younger than this are kept.
+    pub max_age_ms: u64,
+    /// At least this many of a channel's latest messages are kept, whatever their age.
+    pub min_messages: usize,
+    /// Hard bound on messages kept per channel.
+    pub max_messages: usize,
+    /// Hard bound on payload bytes kept per channel.
+    pub max_bytes: usize,
+    /// How long a message id is remembered to drop a republished duplicate.
+    pub dedup_window_ms: u64,
+    /// Hard bound on message ids remembered per channel.
+    pub dedup_max_ids: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `starling_node=debug`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// An app declared in the configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key id; the full key name is `<app id>.<key id>`.
+    pub id: String,
+    pub secret: String,
+    /// Capability JSON, for example `{"*":["*"]}`.
+    #[serde(default = "default_capability")]
+    pub capability: String,
+}
+
+pub fn default_capability() -> String {
+    r#"{"*":["*"]}"#.to_owned()
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: "node-1".into(),
+            region: "local".into(),
+            data_dir: PathBuf::from("starling-data"),
+            cluster_secret: None,
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            client: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            loopback_without_token: false,
+        }
+    }
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_idle_interval_ms: 15_000,
+            state_ttl_ms: 120_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 * 1024,
+            max_frame_size: 512 * 1024,
+            max_connection_queue_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            max_age_ms: 120_000,
+            min_messages: 100,
+            max_messages: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+            dedup_window_ms: 120_000,
+            dedup_max_ids: 10_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    pub fn max_idle_interval(&self) -> Duration {
+        Duration::from_millis(self.max_idle_interval_ms)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} not found")]
+    Missing { path: PathBuf },
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Semantic(String),
+}
+
+/// A loaded configuration plus what the operator should hear about it.
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Loads defaults, then the file (if any), then `STARLING_*` overrides.
+pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_with_env(file, &env)
+}
+
+pub fn load_with_env(file: Option<&Path>, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    let mut defaults = Config::default();
+    // The no-argument default is a developer's loopback node: let the admin API be
+    // used from this machine without a token.
+    defaults.admin.loopback_without_token = file.is_none();
+
+    let mut figment = Figment::from(Serialized::defaults(&defaults));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::Missing {
+                path: path.to_owned(),
+            });
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+
+    let (overrides, warnings) = split_env(env, &defaults);
+    for (path, value) in overrides {
+        // Values are read the way figment reads environment variables: as TOML-ish
+        // literals, so numbers and booleans keep their types.
+        let value: figment::value::Value = value.parse().expect("parsing a value is infallible");
+        figment = figment.merge(Serialized::default(&path, value));
+    }
+
+    let config: Config = figment.extract().map_err(Box::new)?;
+    validate(&config)?;
+    Ok(Loaded { config, warnings })
+}
+
+/// Separates `STARLING_*` variables that name a configuration key from those that
+/// don't, returning the known ones as (`section.key`, value) and a warning per unknown one.
+fn split_env(env: &[(String, String)], defaults: &Config) -> (Vec<(String, String)>, Vec<String>) {
+    let keys = known_keys(defaults);
+    let mut known = Vec::new();
+    let mut warnings = Vec::new();
+
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path = rest.to_ascii_lowercase().replace("__", ".");
+        if keys.contains(&path) {
+            known.push((path, value.clone()));
+        } else {
+            warnings.push(format!("ignoring unknown environment variable {name}"));
+        }
+    }
+    (known, warnings)
+}
+
+/// Every `section.key` path, read off the serialised defaults so it can't drift.
+fn known_keys(defaults: &Config) -> Vec<String> {
+    let value = serde_json::to_value(defaults).expect("config serialises");
+    let mut keys = Vec::new();
+    if let serde_json::Value::Object(sections) = value {
+        for (section, body) in sections {
+            if let serde_json::Value::Object(fields) = body {
+                keys.extend(fields.keys().map(|k| format!("{section}.{k}")));
+            }
+        }
+    }
+    keys
+}
+
+fn validate(config: &Config) -> Result<(), ConfigError> {
+    let bad = |msg: String| Err(ConfigError::Semantic(msg));
+    if config.node.id.is_empty() || config.node.region.is_empty() {
+        return bad("node.id and node.region must not be empty".into());
+    }
+    if config.limits.max_message_size > config.limits.max_frame_size {
+        return bad("limits.max_message_size must not exceed limits.max_frame_size".into());
+    }
+    if config.connection.max_idle_interval_ms < 100 {
+        return bad("connection.max_idle_interval_ms must be at least 100".into());
+    }
+    for app in &config.apps {
+        if app.id.is_empty() || app.id.contains(['.', ':']) {
+            return bad(format!(
+                "app id {:?} must be non-empty without '.' or ':'",
+                app.id
+            ));
+        }
+        for key in &app.keys {
+            if key.id.is_empty() || key.id.contains(['.', ':']) || key.secret.is_empty() {
+                return bad(format!("key {:?} of app {} is malformed", key.id, app.id));
+            }
+            if crate::capability::Capability::parse(&key.capability).is_err() {
+                return bad(format!(
+                    "key {} of app {} has invalid capability",
+                    key.id, app.id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn file_and_env_layer_over_defaults() {
+        let f = file("[node]\nid = \"n7\"\n[listen]\nclient = \"127.0.0.1:0\"\n");
+        let env = vec![("STARLING_LIMITS__MAX_MESSAGE_SIZE".into(), "1000".into())];
+        let loaded = load_with_env(Some(f.path()), &env).unwrap();
+
+        assert_eq!(loaded.config.node.id, "n7");
+        assert_eq!(loaded.config.listen.client.port(), 0);
+        assert_eq!(loaded.config.limits.max_message_size, 1000);
+        assert!(!loaded.config.admin.loopback_without_token);
+        assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let f = file("[node]\nidd = \"n7\"\n");
+        let err = load_with_env(Some(f.path()), &[]).err().unwrap();
+        assert!(err.to_string().contains("idd"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_var_is_a_warning() {
+        let env = vec![("STARLING_NODE__IDD".into(), "x".into())];
+        let loaded = load_with_env(None, &env).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.config.admin.loopback_without_token);
+    }
+
+    #[test]
+    fn apps_are_read_from_the_file() {
+        let f = file("[[apps]]\nid = \"app1\"\n[[apps.keys]]\nid = \"k1\"\nsecret = \"s\"\n");
+        let loaded = load_with_env(Some(f.path()), &[]).unwrap();
+        assert_eq!(loaded.config.apps[0].keys[0].capability, r#"{"*":["*"]}"#);
+    }
+}

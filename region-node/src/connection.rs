@@ -1,0 +1,363 @@
+//! One client connection's protocol logic: what each inbound ProtocolMessage does and
+//! what the client is told in return. The socket task in `ws` drives it; this module
+//! never touches the socket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tracing::debug;
+
+use crate::apps::{App, Key};
+use crate::channel_client::Subscriber;
+use crate::channel_master::Publish;
+use crate::channels::validate_name;
+use crate::error::AblyError;
+use crate::node::{now_ms, Node};
+use crate::outbox::Outbox;
+use crate::protocol::{action, data, flags, Message, ProtocolMessage, PublishResult};
+
+/// Who is on the other end, as established by authentication.
+pub struct Identity {
+    pub app: Arc<App>,
+    pub key: Arc<Key>,
+    pub client_id: Option<String>,
+}
+
+struct Attachment {
+    modes: i64,
+}
+
+/// What the socket task should do after a frame was handled.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    Continue,
+    /// Send the replies, then close the socket; the connection's state is discarded.
+    Close,
+}
+
+pub struct Connection {
+    node: Arc<Node>,
+    identity: Identity,
+    outbox: Arc<Outbox>,
+    echo: bool,
+    attached: HashMap<String, Attachment>,
+}
+
+impl Connection {
+    pub fn new(node: Arc<Node>, identity: Identity, outbox: Arc<Outbox>, echo: bool) -> Self {
+        Self {
+            node,
+            identity,
+            outbox,
+            echo,
+            attached: HashMap::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.outbox.connection_id
+    }
+
+    /// Handles one inbound frame, pushing replies for this client onto `replies`.
+    pub fn handle(&mut self, pm: ProtocolMessage, replies: &mut Vec<ProtocolMessage>) -> Next {
+        match pm.action {
+            action::HEARTBEAT => replies.push(ProtocolMessage {
+                id: pm.id,
+                ..ProtocolMessage::new(action::HEARTBEAT)
+            }),
+            action::CLOSE => {
+                replies.push(ProtocolMessage::new(action::CLOSED));
+                return Next::Close;
+            }
+            action::DISCONNECT => return Next::Close,
+            action::ATTACH => replies.push(self.attach(pm)),
+            action::DETACH => replies.push(self.detach(pm)),
+            action::MESSAGE => replies.push(self.publish(pm)),
+            action::PRESENCE | action::ANNOTATION | action::OBJECT => {
+                replies.push(nack(&pm, &AblyError::Unsupported("this operation")));
+            }
+            action::AUTH => {
+                replies.push(fatal(&AblyError::TokenAuthUnavailable));
+                return Next::Close;
+            }
+            other => debug!(connection.id = %self.id(), action = other, "ignoring frame"),
+        }
+        Next::Continue
+    }
+
+    /// Leaves every channel; called once when the connection ends, however it ends.
+    pub fn detach_all(&mut self) {
+        for name in self.attached.keys() {
+            self.node.channels.detach(name, self.id());
+        }
+        self.attached.clear();
+    }
+
+    fn attach(&mut self, pm: ProtocolMessage) -> ProtocolMessage {
+        let name = pm.channel.clone().unwrap_or_default();
+        match self.try_attach(&name, &pm) {
+            Ok(attached) => attached,
+            Err(error) => channel_error(&name, &error),
+        }
+    }
+
+    fn try_attach(
+        &mut self,
+        name: &str,
+        pm: &ProtocolMessage,
+    ) -> Result<ProtocolMessage, AblyError> {
+        validate_name(name)?;
+        let capability = &self.identity.key.capability;
+        if !capability.allows_any(name) {
+            return Err(AblyError::CapabilityDenied {
+                op: "attach",
+                channel: name.into(),
+            });
+        }
+
+        let params = pm.params.clone().unwrap_or_default();
+        let modes = granted_modes(pm.flags.unwrap_or(0), &params, |op| {
+            capability.allows(name, op)
+        })?;
+        let echo = self.echo && params.get("echo").map(String::as_str) != Some("false");
+
+        let subscriber = Subscriber {
+            outbox: self.outbox.clone(),
+            modes,
+            echo,
+        };
+        let position = self.node.channels.attach(name, subscriber);
+        self.attached.insert(name.to_owned(), Attachment { modes });
+        debug!(connection.id = %self.id(), channel.name = name, modes, "attached");
+
+        Ok(ProtocolMessage {
+            channel_serial: Some(position.to_string()),
+            flags: Some(modes),
+            params: accepted_params(&params),
+            ..ProtocolMessage::for_channel(action::ATTACHED, name)
+        })
+    }
+
+    fn detach(&mut self, pm: ProtocolMessage) -> ProtocolMessage {
+        let name = pm.channel.unwrap_or_default();
+        if self.attached.remove(&name).is_some() {
+            self.node.channels.detach(&name, self.id());
+        }
+        ProtocolMessage::for_channel(action::DETACHED, &name)
+    }
+
+    fn publish(&mut self, pm: ProtocolMessage) -> ProtocolMessage {
+        let Some(msg_serial) = pm.msg_serial else {
+            return fatal(&AblyError::MalformedFrame(
+                "MESSAGE without msgSerial".into(),
+            ));
+        };
+        match self.try_publish(&pm, msg_serial) {
+            Ok(serials) => ProtocolMessage {
+                msg_serial: Some(msg_serial),
+                count: Some(1),
+                res: Some(vec![PublishResult { serials }]),
+                ..ProtocolMessage::new(action::ACK)
+            },
+            Err(error) => nack(&pm, &error),
+        }
+    }
+
+    fn try_publish(
+        &mut self,
+        pm: &ProtocolMessage,
+        msg_serial: i64,
+    ) -> Result<Vec<Option<String>>, AblyError> {
+        let name = pm.channel.as_deref().unwrap_or_default();
+        validate_name(name)?;
+        if !self.identity.key.capability.allows(name, "publish") {
+            return Err(AblyError::CapabilityDenied {
+                op: "publish",
+                channel: name.into(),
+            });
+        }
+        if let Some(attachment) = self.attached.get(name) {
+            if attachment.modes & flags::PUBLISH == 0 {
+                return Err(AblyError::ModeNotRequested {
+                    mode: "publish",
+                    channel: name.into(),
+                });
+            }
+        }
+
+        let limit = self.node.config.limits.max_message_size;
+        let messages = prepare_messages(
+            pm.messages.clone().unwrap_or_default(),
+            self.identity.client_id.as_deref(),
+            limit,
+        )?;
+
+        let publish = Publish {
+            messages,
+            id_base: format!("{}:{msg_serial}", self.id()),
+            connection_id: Some(self.id().to_owned()),
+        };
+        Ok(self.node.channels.publish(name, publish, now_ms()).serials)
+    }
+}
+
+/// Validates and normalises the messages of one publish, realtime or REST: payload
+/// encodings, clientId rules, and the size limit over the whole publish.
+pub fn prepare_messages(
+    messages: Vec<Message>,
+    client_id: Option<&str>,
+    max_size: usize,
+) -> Result<Vec<Message>, AblyError> {
+    let mut total = 0;
+    messages
+        .into_iter()
+        .map(|mut m| {
+            let (data, encoding) = data::normalise(m.data.take(), m.encoding.take())
+                .map_err(|e| AblyError::InvalidData(e.to_string()))?;
+            m.data = data;
+            m.encoding = encoding;
+
+            match (client_id, m.client_id.as_deref()) {
+                (Some(own), Some(given)) if own != given => {
+                    return Err(AblyError::InvalidClientId(format!(
+                        "message clientId {given:?} does not match the connection's {own:?}"
+                    )));
+                }
+                (Some(own), None) => m.client_id = Some(own.to_owned()),
+                _ => {}
+            }
+
+            // The connection's identity is stamped by the master; a client may not forge it.
+            m.connection_id = None;
+            m.serial = None;
+
+            total += m.size();
+            if total > max_size {
+                return Err(AblyError::MessageTooLarge {
+                    size: total,
+                    limit: max_size,
+                });
+            }
+            Ok(m)
+        })
+        .collect()
+}
+
+/// Modes to grant: those requested (by flags or the `modes` param; the defaults when
+/// none are), less those the capability does not allow.
+fn granted_modes(
+    requested_flags: i64,
+    params: &BTreeMap<String, String>,
+    allows: impl Fn(&str) -> bool,
+) -> Result<i64, AblyError> {
+    let mut requested = requested_flags & flags::ALL_MODES;
+    if let Some(list) = params.get("modes") {
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            requested |=
+                flags::mode_from_name(name).ok_or_else(|| AblyError::InvalidParameter {
+                    name: "modes",
+                    reason: format!("unknown mode {name:?}"),
+                })?;
+        }
+    }
+    if requested == 0 {
+        requested = flags::DEFAULT_MODES;
+    }
+
+    let permitted = [
+        (flags::PUBLISH, "publish"),
+        (flags::SUBSCRIBE, "subscribe"),
+        (flags::PRESENCE, "presence"),
+        (flags::PRESENCE_SUBSCRIBE, "subscribe"),
+        (flags::ANNOTATION_PUBLISH, "annotation-publish"),
+        (flags::ANNOTATION_SUBSCRIBE, "annotation-subscribe"),
+        (flags::OBJECT_PUBLISH, "object-publish"),
+        (flags::OBJECT_SUBSCRIBE, "object-subscribe"),
+    ];
+    Ok(permitted
+        .iter()
+        .filter(|(mode, op)| requested & mode != 0 && allows(op))
+        .fold(0, |granted, (mode, _)| granted | mode))
+}
+
+/// The channel params Starling understands, echoed back in ATTACHED.
+fn accepted_params(params: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    const UNDERSTOOD: &[&str] = &["modes", "echo"];
+    let accepted: BTreeMap<_, _> = params
+        .iter()
+        .filter(|(k, _)| UNDERSTOOD.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (!accepted.is_empty()).then_some(accepted)
+}
+
+/// A connection-level ERROR: fatal to the connection (no `channel` field).
+pub fn fatal(error: &AblyError) -> ProtocolMessage {
+    ProtocolMessage {
+        error: Some(error.to_info()),
+        ..ProtocolMessage::new(action::ERROR)
+    }
+}
+
+/// A channel-scoped ERROR: the channel fails, the connection carries on.
+fn channel_error(name: &str, error: &AblyError) -> ProtocolMessage {
+    ProtocolMessage {
+        error: Some(error.to_info()),
+        ..ProtocolMessage::for_channel(action::ERROR, name)
+    }
+}
+
+fn nack(pm: &ProtocolMessage, error: &AblyError) -> ProtocolMessage {
+    ProtocolMessage {
+        msg_serial: pm.msg_serial,
+        count: Some(1),
+        error: Some(error.to_info()),
+        ..ProtocolMessage::new(action::NACK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Data;
+
+    #[test]
+    fn default_modes_when_none_are_requested() {
+        let modes = granted_modes(0, &BTreeMap::new(), |_| true).unwrap();
+        assert_eq!(modes, flags::DEFAULT_MODES);
+    }
+
+    #[test]
+    fn modes_param_and_capability_narrow_the_grant() {
+        let params = BTreeMap::from([("modes".to_owned(), "subscribe,publish".to_owned())]);
+        let modes = granted_modes(0, &params, |op| op == "subscribe").unwrap();
+        assert_eq!(modes, flags::SUBSCRIBE);
+
+        let bad = BTreeMap::from([("modes".to_owned(), "fly".to_owned())]);
+        assert_eq!(granted_modes(0, &bad, |_| true).unwrap_err().code(), 40003);
+    }
+
+    #[test]
+    fn publish_size_counts_the_whole_array() {
+        let m = |n: usize| Message {
+            data: Some(Data::Text("x".repeat(n))),
+            ..Message::default()
+        };
+        assert!(prepare_messages(vec![m(600), m(400)], None, 1000).is_ok());
+        let err = prepare_messages(vec![m(600), m(401)], None, 1000).unwrap_err();
+        assert_eq!(err.code(), 40009);
+    }
+
+    #[test]
+    fn client_ids_are_filled_in_and_checked() {
+        let given = |c: Option<&str>| Message {
+            client_id: c.map(str::to_owned),
+            ..Message::default()
+        };
+        let out = prepare_messages(vec![given(None)], Some("alice"), 100).unwrap();
+        assert_eq!(out[0].client_id.as_deref(), Some("alice"));
+
+        let err = prepare_messages(vec![given(Some("bob"))], Some("alice"), 100).unwrap_err();
+        assert_eq!(err.code(), 40012);
+    }
+}

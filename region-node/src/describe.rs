@@ -1,0 +1,106 @@
+//! The describe file: where a running Starling listens and which credentials it
+//! accepts, for tests and tools (design.md, "The describe file").
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::apps::App;
+use crate::data_dir::atomic_write;
+
+#[derive(Debug, Serialize)]
+pub struct Describe {
+    pub admin_token: String,
+    pub apps: Vec<DescribedApp>,
+    pub global_masters: Vec<DescribedGlobalMaster>,
+    pub regions: Vec<DescribedRegion>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DescribedApp {
+    pub id: String,
+    pub keys: Vec<DescribedKey>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DescribedKey {
+    pub key: String,
+    pub capability: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DescribedGlobalMaster {
+    pub id: String,
+    pub pid: u32,
+    pub raft: Option<String>,
+    pub http: Option<String>,
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DescribedRegion {
+    pub name: String,
+    pub entry: String,
+    pub nodes: Vec<DescribedNode>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DescribedNode {
+    pub id: String,
+    pub pid: u32,
+    pub client: String,
+    pub mesh: Option<String>,
+    pub bridge: Option<String>,
+    pub argv: Vec<String>,
+}
+
+impl DescribedApp {
+    pub fn from_app(app: &App) -> Self {
+        Self {
+            id: app.id.clone(),
+            keys: app
+                .keys
+                .iter()
+                .map(|k| DescribedKey {
+                    key: k.key_str(),
+                    capability: k.capability_text.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a single node reports: one region with itself as its only node and entry.
+/// There is no global master process yet, so `global_masters` is empty.
+pub fn single_node(
+    admin_token: &str,
+    apps: &[std::sync::Arc<App>],
+    region: &str,
+    node_id: &str,
+    client: SocketAddr,
+) -> Describe {
+    let node = DescribedNode {
+        id: node_id.to_owned(),
+        pid: std::process::id(),
+        client: client.to_string(),
+        mesh: None,
+        bridge: None,
+        argv: std::env::args().collect(),
+    };
+    Describe {
+        admin_token: admin_token.to_owned(),
+        apps: apps.iter().map(|a| DescribedApp::from_app(a)).collect(),
+        global_masters: Vec::new(),
+        regions: vec![DescribedRegion {
+            name: region.to_owned(),
+            entry: client.to_string(),
+            nodes: vec![node],
+        }],
+    }
+}
+
+pub fn write(path: &Path, describe: &Describe) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(describe).map_err(std::io::Error::other)?;
+    atomic_write(path, &json)
+}

@@ -1,0 +1,113 @@
+//! Every error a client can be told about, and its Ably code and HTTP status.
+//!
+//! This is the one place where Starling's failures meet Ably's error registry
+//! (protocol.md §6): the WebSocket edge turns an [`AblyError`] into an ErrorInfo
+//! inside ERROR, NACK or CONNECTED frames, and REST turns it into a status and body.
+
+use crate::protocol::ErrorInfo;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AblyError {
+    #[error("invalid protocol message: {0}")]
+    MalformedFrame(String),
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    #[error("invalid parameter {name}: {reason}")]
+    InvalidParameter { name: &'static str, reason: String },
+    #[error("message too large: {size} bytes exceeds the limit of {limit} bytes")]
+    MessageTooLarge { size: usize, limit: usize },
+    #[error("invalid channel name: {0}")]
+    InvalidChannelName(String),
+    #[error("invalid clientId: {0}")]
+    InvalidClientId(String),
+    #[error("invalid message data: {0}")]
+    InvalidData(String),
+    #[error("invalid credentials: {0}")]
+    InvalidCredentials(String),
+    #[error("no credentials given")]
+    NoCredentials,
+    #[error("token authentication is not available on this node yet")]
+    TokenAuthUnavailable,
+    #[error("operation {op} on channel {channel:?} is not permitted by the capability")]
+    CapabilityDenied { op: &'static str, channel: String },
+    #[error("channel mode {mode} was not requested when attaching {channel:?}")]
+    ModeNotRequested { mode: &'static str, channel: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("connection queue full: the client is not reading fast enough")]
+    SlowConsumer,
+    #[error("{0} is not supported yet")]
+    Unsupported(&'static str),
+    #[error("invalid connection key; a new connection was started")]
+    InvalidConnectionKey,
+    #[error("channel {0:?} is not attached")]
+    ChannelNotAttached(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AblyError {
+    /// The Ably error code and HTTP status for this error.
+    pub fn code_and_status(&self) -> (i64, u16) {
+        use AblyError::*;
+        match self {
+            MalformedFrame(_) => (40000, 400),
+            InvalidBody(_) => (40001, 400),
+            InvalidParameter { .. } => (40003, 400),
+            MessageTooLarge { .. } => (40009, 413),
+            InvalidChannelName(_) => (40010, 400),
+            InvalidClientId(_) => (40012, 400),
+            InvalidData(_) => (40013, 400),
+            InvalidCredentials(_) | NoCredentials => (40101, 401),
+            TokenAuthUnavailable => (40143, 401),
+            CapabilityDenied { .. } => (40160, 401),
+            ModeNotRequested { .. } => (40165, 401),
+            Forbidden(_) => (40300, 403),
+            NotFound(_) => (40400, 404),
+            MethodNotAllowed => (40500, 405),
+            SlowConsumer => (80003, 400),
+            Unsupported(_) => (40000, 400),
+            InvalidConnectionKey => (80018, 400),
+            ChannelNotAttached(_) => (90001, 400),
+            Internal(_) => (50000, 500),
+        }
+    }
+
+    pub fn code(&self) -> i64 {
+        self.code_and_status().0
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code_and_status().1
+    }
+
+    pub fn to_info(&self) -> ErrorInfo {
+        let (code, status) = self.code_and_status();
+        ErrorInfo {
+            code,
+            status_code: i64::from(status),
+            message: self.to_string(),
+            href: Some(format!("https://help.ably.io/error/{code}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_info_always_has_the_three_mandatory_fields() {
+        let info = AblyError::MessageTooLarge {
+            size: 70_000,
+            limit: 65_536,
+        }
+        .to_info();
+        assert_eq!((info.code, info.status_code), (40009, 413));
+        assert!(info.message.contains("70000"));
+    }
+}

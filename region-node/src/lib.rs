@@ -1,0 +1,23 @@
+//! Starling's region node: an Ably-protocol realtime and REST edge.
+//!
+//! Start with `docs/architecture.md` at the repository root for the code map.
+
+pub mod apps;
+pub mod capability;
+pub mod channel_client;
+pub mod channel_master;
+pub mod channels;
+pub mod config;
+pub mod connection;
+pub mod connection_key;
+pub mod data_dir;
+pub mod describe;
+pub mod error;
+pub mod health;
+pub mod node;
+pub mod outbox;
+pub mod position;
+pub mod protocol;
+pub mod rest;
+pub mod server;
+pub mod ws;

@@ -1,0 +1,68 @@
+//! The state one region node shares between its WebSocket connections, its REST
+//! handlers and its background tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+
+use crate::apps::AppRegistry;
+use crate::channels::Channels;
+use crate::config::Config;
+use crate::connection_key::KeySigner;
+use crate::outbox::Outbox;
+use crate::protocol::ErrorInfo;
+
+pub struct Node {
+    pub config: Config,
+    pub apps: AppRegistry,
+    pub channels: Channels,
+    pub connections: Connections,
+    pub keys: KeySigner,
+    pub admin_token: String,
+}
+
+/// Live connections of this node, by connection id. The registry holds only each
+/// connection's outbox: a connection's state is owned by its task.
+#[derive(Default)]
+pub struct Connections {
+    live: RwLock<HashMap<Arc<str>, Arc<Outbox>>>,
+}
+
+impl Connections {
+    pub fn insert(&self, outbox: Arc<Outbox>) {
+        self.live
+            .write()
+            .insert(outbox.connection_id.clone(), outbox);
+    }
+
+    pub fn remove(&self, connection_id: &str) {
+        self.live.write().remove(connection_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fails every connection of an app, returning how many there were.
+    pub fn fail_app(&self, app_id: &str, error: &ErrorInfo) -> usize {
+        let live = self.live.read();
+        let doomed: Vec<_> = live.values().filter(|o| &*o.app_id == app_id).collect();
+        for outbox in &doomed {
+            outbox.fail(error.clone());
+        }
+        doomed.len()
+    }
+}
+
+/// Milliseconds since the Unix epoch, the protocol's timestamp unit.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

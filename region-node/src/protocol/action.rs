@@ -1,0 +1,21 @@
+//! ProtocolMessage action numbers (spec TR2).
+
+pub const HEARTBEAT: i64 = 0;
+pub const ACK: i64 = 1;
+pub const NACK: i64 = 2;
+pub const CONNECTED: i64 = 4;
+pub const DISCONNECT: i64 = 5;
+pub const DISCONNECTED: i64 = 6;
+pub const CLOSE: i64 = 7;
+pub const CLOSED: i64 = 8;
+pub const ERROR: i64 = 9;
+pub const ATTACH: i64 = 10;
+pub const ATTACHED: i64 = 11;
+pub const DETACH: i64 = 12;
+pub const DETACHED: i64 = 13;
+pub const PRESENCE: i64 = 14;
+pub const MESSAGE: i64 = 15;
+pub const SYNC: i64 = 16;
+pub const AUTH: i64 = 17;
+pub const OBJECT: i64 = 19;
+pub const ANNOTATION: i64 = 21;

@@ -1,0 +1,350 @@
+//! The WebSocket edge: accepts the upgrade, authenticates inside the socket, sends
+//! CONNECTED, then runs the connection's one task until the socket ends.
+//!
+//! Every refusal happens after the upgrade, as an ERROR frame followed by a close:
+//! an HTTP error on the upgrade would only make ably-js retry forever without ever
+//! seeing the error code (protocol.md §1.5).
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use futures_util::SinkExt;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, debug_span, warn, Instrument};
+
+use crate::connection::{fatal, Connection, Identity, Next};
+use crate::connection_key::ConnectionKey;
+use crate::data_dir::random_string;
+use crate::error::AblyError;
+use crate::node::{now_ms, Node};
+use crate::outbox::{self, Inbox, Outgoing};
+use crate::protocol::{action, codec, ConnectionDetails, Encoded, Format, ProtocolMessage};
+
+/// Largest number of queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Query parameters of the WebSocket URL (protocol.md §1.1), read leniently.
+#[derive(Debug, Default)]
+pub struct ConnectParams {
+    pub key: Option<String>,
+    pub access_token: Option<String>,
+    pub client_id: Option<String>,
+    pub echo: bool,
+    pub format: Format,
+    pub heartbeats: bool,
+    pub resume: Option<String>,
+    pub recover: Option<String>,
+}
+
+impl ConnectParams {
+    pub fn parse(query: Option<&str>) -> Self {
+        let mut params = ConnectParams {
+            echo: true,
+            ..Self::default()
+        };
+        let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+        for (name, value) in pairs {
+            let value = value.into_owned();
+            match name.as_ref() {
+                "key" => params.key = Some(value),
+                "access_token" => params.access_token = Some(value),
+                "clientId" => params.client_id = Some(value),
+                "echo" => params.echo = value != "false",
+                "format" => params.format = Format::from_query(Some(&value)),
+                "heartbeats" => params.heartbeats = value == "true",
+                "resume" => params.resume = Some(value),
+                "recover" => params.recover = Some(value),
+                _ => {}
+            }
+        }
+        params
+    }
+}
+
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    RawQuery(query): RawQuery,
+    State(node): State<Arc<Node>>,
+) -> Response {
+    let limit = node.config.limits.max_frame_size;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| serve(socket, query, node))
+}
+
+async fn serve(mut socket: WebSocket, query: Option<String>, node: Arc<Node>) {
+    let params = ConnectParams::parse(query.as_deref());
+    let identity = match authenticate(&node, &params) {
+        Ok(identity) => identity,
+        Err(error) => {
+            debug!(code = error.code(), "refusing connection: {error}");
+            let _ = send(&mut socket, &fatal(&error), params.format).await;
+            let _ = socket.close().await;
+            return;
+        }
+    };
+
+    let connection_id: Arc<str> = random_string(12).into();
+    let span = debug_span!("connection", connection.id = %connection_id, app.id = %identity.app.id);
+    run(socket, params, identity, connection_id, node)
+        .instrument(span)
+        .await;
+}
+
+async fn run(
+    mut socket: WebSocket,
+    params: ConnectParams,
+    identity: Identity,
+    connection_id: Arc<str>,
+    node: Arc<Node>,
+) {
+    let (outbox, inbox) = outbox::channel(
+        connection_id.clone(),
+        identity.app.id.as_str().into(),
+        params.format,
+        node.config.limits.max_connection_queue_bytes,
+    );
+    let connected = connected_frame(&node, &connection_id, &identity, &params);
+    let mut connection = Connection::new(node.clone(), identity, outbox.clone(), params.echo);
+
+    node.connections.insert(outbox);
+    metrics::gauge!("starling_connections").increment(1.0);
+    debug!("connected");
+
+    if send(&mut socket, &connected, params.format).await.is_ok() {
+        pump(&mut socket, &mut connection, inbox, &node, &params).await;
+    }
+
+    connection.detach_all();
+    node.connections.remove(&connection_id);
+    metrics::gauge!("starling_connections").decrement(1.0);
+    debug!("disconnected");
+}
+
+/// The connection's loop: inbound frames, queued outbound frames and keep-alives.
+async fn pump(
+    socket: &mut WebSocket,
+    connection: &mut Connection,
+    mut inbox: Inbox,
+    node: &Node,
+    params: &ConnectParams,
+) {
+    let idle = node.config.connection.max_idle_interval();
+    let mut keepalive = tokio::time::interval(idle / 2);
+    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut replies = Vec::new();
+
+    loop {
+        tokio::select! {
+            inbound = socket.recv() => {
+                last_heard = Instant::now();
+                let next = match inbound {
+                    Some(Ok(frame)) => on_frame(frame, connection, &mut replies),
+                    Some(Err(error)) => on_read_error(&error, &mut replies, node),
+                    None => return,
+                };
+                for reply in replies.drain(..) {
+                    if send(socket, &reply, params.format).await.is_err() {
+                        return;
+                    }
+                }
+                if next == Next::Close {
+                    let _ = socket.close().await;
+                    return;
+                }
+            }
+            queued = inbox.recv() => {
+                let Some(first) = queued else { return };
+                if write_queued(socket, first, &mut inbox, params.format).await.is_err() {
+                    return;
+                }
+            }
+            _ = keepalive.tick() => {
+                // A client that has sent nothing, not even a pong, for three idle
+                // intervals is gone; the link is how we learn it.
+                if last_heard.elapsed() > idle * 3 {
+                    debug!("closing silent connection");
+                    return;
+                }
+                if keep_alive(socket, params).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn on_frame(
+    frame: WsMessage,
+    connection: &mut Connection,
+    replies: &mut Vec<ProtocolMessage>,
+) -> Next {
+    let decoded = match frame {
+        WsMessage::Text(text) => codec::decode_json(text.as_str()),
+        WsMessage::Binary(bytes) => codec::decode_msgpack(&bytes),
+        WsMessage::Close(_) => return Next::Close,
+        WsMessage::Ping(_) | WsMessage::Pong(_) => return Next::Continue,
+    };
+    metrics::counter!("starling_frames_in").increment(1);
+
+    match decoded {
+        Ok(pm) => connection.handle(pm, replies),
+        Err(error) => {
+            warn!(connection.id = %connection.id(), "malformed frame: {error}");
+            replies.push(fatal(&AblyError::MalformedFrame(error.to_string())));
+            Next::Close
+        }
+    }
+}
+
+/// A read error ends the connection; an oversized frame is first reported as such.
+fn on_read_error(error: &axum::Error, replies: &mut Vec<ProtocolMessage>, node: &Node) -> Next {
+    let text = error.to_string();
+    if text.contains("too long") || text.contains("Space limit") || text.contains("Capacity") {
+        let limit = node.config.limits.max_frame_size;
+        replies.push(fatal(&AblyError::MessageTooLarge {
+            size: limit + 1,
+            limit,
+        }));
+    }
+    debug!("read error: {text}");
+    Next::Close
+}
+
+async fn write_queued(
+    socket: &mut WebSocket,
+    first: Outgoing,
+    inbox: &mut Inbox,
+    format: Format,
+) -> Result<(), axum::Error> {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(item) = next.take() {
+        match item {
+            Outgoing::Frame(frame) => socket.feed(to_ws(frame)).await?,
+            Outgoing::Fail(error) => {
+                let pm = ProtocolMessage {
+                    error: Some(error),
+                    ..ProtocolMessage::new(action::ERROR)
+                };
+                socket.feed(to_ws(codec::encode(&pm, format))).await?;
+                socket.flush().await?;
+                let _ = socket.close().await;
+                return Err(axum::Error::new(AblyError::SlowConsumer));
+            }
+        }
+        written += 1;
+        if written < WRITE_BATCH {
+            next = inbox.try_recv();
+        }
+    }
+    metrics::counter!("starling_frames_out").increment(written as u64);
+    socket.flush().await
+}
+
+async fn keep_alive(socket: &mut WebSocket, params: &ConnectParams) -> Result<(), axum::Error> {
+    if params.heartbeats {
+        send(
+            socket,
+            &ProtocolMessage::new(action::HEARTBEAT),
+            params.format,
+        )
+        .await
+    } else {
+        socket.send(WsMessage::Ping(bytes::Bytes::new())).await
+    }
+}
+
+async fn send(
+    socket: &mut WebSocket,
+    pm: &ProtocolMessage,
+    format: Format,
+) -> Result<(), axum::Error> {
+    socket.send(to_ws(codec::encode(pm, format))).await
+}
+
+fn to_ws(frame: Encoded) -> WsMessage {
+    match frame {
+        Encoded::Text(text) => WsMessage::Text(text),
+        Encoded::Binary(bytes) => WsMessage::Binary(bytes),
+    }
+}
+
+fn authenticate(node: &Node, params: &ConnectParams) -> Result<Identity, AblyError> {
+    let (app, key) = match (&params.key, &params.access_token) {
+        (Some(key), _) => node.apps.authenticate(key)?,
+        (None, Some(_)) => return Err(AblyError::TokenAuthUnavailable),
+        (None, None) => return Err(AblyError::NoCredentials),
+    };
+    if params.client_id.as_deref() == Some("*") {
+        return Err(AblyError::InvalidClientId(
+            "a wildcard clientId needs a token".into(),
+        ));
+    }
+    Ok(Identity {
+        app,
+        key,
+        client_id: params.client_id.clone(),
+    })
+}
+
+fn connected_frame(
+    node: &Node,
+    id: &str,
+    identity: &Identity,
+    params: &ConnectParams,
+) -> ProtocolMessage {
+    let config = &node.config;
+    let key = ConnectionKey {
+        connection_id: id.to_owned(),
+        region: config.node.region.clone(),
+        node: config.node.id.clone(),
+        issued_ms: now_ms() as u64,
+    };
+
+    // Connection state is not kept across transports yet, so a resume or recover
+    // always starts afresh, and the client is told so rather than left guessing.
+    let continuity_lost = (params.resume.is_some() || params.recover.is_some())
+        .then(|| AblyError::InvalidConnectionKey.to_info());
+
+    ProtocolMessage {
+        connection_id: Some(id.to_owned()),
+        connection_details: Some(ConnectionDetails {
+            connection_key: node.keys.issue(&key),
+            client_id: identity.client_id.clone(),
+            max_message_size: config.limits.max_message_size as u64,
+            max_frame_size: config.limits.max_frame_size as u64,
+            max_inbound_rate: 0,
+            connection_state_ttl: config.connection.state_ttl_ms,
+            max_idle_interval: config.connection.max_idle_interval_ms,
+            server_id: config.node.id.clone(),
+            site_code: config.node.region.clone(),
+        }),
+        error: continuity_lost,
+        ..ProtocolMessage::new(action::CONNECTED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_is_read_leniently() {
+        let p = ConnectParams::parse(Some(
+            "key=app.k%3As&clientId=me&echo=false&format=msgpack&heartbeats=true&v=6&x=%zz",
+        ));
+        assert_eq!(p.key.as_deref(), Some("app.k:s"));
+        assert_eq!(p.client_id.as_deref(), Some("me"));
+        assert!(!p.echo);
+        assert_eq!(p.format, Format::Msgpack);
+        assert!(p.heartbeats);
+
+        let empty = ConnectParams::parse(None);
+        assert!(empty.echo);
+        assert_eq!(empty.format, Format::Json);
+    }
+}
