@@ -73,9 +73,12 @@ impl Connection {
             action::ATTACH => replies.push(self.attach(pm)),
             action::DETACH => replies.push(self.detach(pm)),
             action::MESSAGE => replies.push(self.publish(pm)),
-            action::PRESENCE | action::ANNOTATION | action::OBJECT => {
-                replies.push(nack(&pm, &AblyError::Unsupported("this operation")));
-            }
+            action::PRESENCE | action::ANNOTATION | action::OBJECT => match pm.msg_serial {
+                Some(serial) => {
+                    replies.push(nack(serial, &AblyError::Unsupported("this operation")))
+                }
+                None => debug!(connection.id = %self.id(), action = pm.action, "ignoring frame"),
+            },
             action::AUTH => {
                 replies.push(fatal(&AblyError::TokenAuthUnavailable));
                 return Next::Close;
@@ -152,23 +155,24 @@ impl Connection {
                 "MESSAGE without msgSerial".into(),
             ));
         };
-        match self.try_publish(&pm, msg_serial) {
+        let channel = pm.channel.unwrap_or_default();
+        match self.try_publish(&channel, pm.messages.unwrap_or_default(), msg_serial) {
             Ok(serials) => ProtocolMessage {
                 msg_serial: Some(msg_serial),
                 count: Some(1),
                 res: Some(vec![PublishResult { serials }]),
                 ..ProtocolMessage::new(action::ACK)
             },
-            Err(error) => nack(&pm, &error),
+            Err(error) => nack(msg_serial, &error),
         }
     }
 
     fn try_publish(
         &mut self,
-        pm: &ProtocolMessage,
+        name: &str,
+        messages: Vec<Message>,
         msg_serial: i64,
     ) -> Result<Vec<Option<String>>, AblyError> {
-        let name = pm.channel.as_deref().unwrap_or_default();
         validate_name(name)?;
         if !self.identity.key.capability.allows(name, "publish") {
             return Err(AblyError::CapabilityDenied {
@@ -186,11 +190,7 @@ impl Connection {
         }
 
         let limit = self.node.config.limits.max_message_size;
-        let messages = prepare_messages(
-            pm.messages.clone().unwrap_or_default(),
-            self.identity.client_id.as_deref(),
-            limit,
-        )?;
+        let messages = prepare_messages(messages, self.identity.client_id.as_deref(), limit)?;
 
         let publish = Publish {
             messages,
@@ -307,9 +307,9 @@ fn channel_error(name: &str, error: &AblyError) -> ProtocolMessage {
     }
 }
 
-fn nack(pm: &ProtocolMessage, error: &AblyError) -> ProtocolMessage {
+fn nack(msg_serial: i64, error: &AblyError) -> ProtocolMessage {
     ProtocolMessage {
-        msg_serial: pm.msg_serial,
+        msg_serial: Some(msg_serial),
         count: Some(1),
         error: Some(error.to_info()),
         ..ProtocolMessage::new(action::NACK)

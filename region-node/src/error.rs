@@ -16,6 +16,8 @@ pub enum AblyError {
     InvalidParameter { name: &'static str, reason: String },
     #[error("message too large: {size} bytes exceeds the limit of {limit} bytes")]
     MessageTooLarge { size: usize, limit: usize },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
     #[error("invalid channel name: {0}")]
     InvalidChannelName(String),
     #[error("invalid clientId: {0}")]
@@ -26,6 +28,8 @@ pub enum AblyError {
     InvalidCredentials(String),
     #[error("no credentials given")]
     NoCredentials,
+    #[error("the admin api requires the admin token as a bearer token")]
+    AdminUnauthorized,
     #[error("token authentication is not available on this node yet")]
     TokenAuthUnavailable,
     #[error("operation {op} on channel {channel:?} is not permitted by the capability")]
@@ -58,11 +62,12 @@ impl AblyError {
             MalformedFrame(_) => (40000, 400),
             InvalidBody(_) => (40001, 400),
             InvalidParameter { .. } => (40003, 400),
-            MessageTooLarge { .. } => (40009, 413),
+            MessageTooLarge { .. } | BodyTooLarge { .. } => (40009, 413),
             InvalidChannelName(_) => (40010, 400),
             InvalidClientId(_) => (40012, 400),
             InvalidData(_) => (40013, 400),
             InvalidCredentials(_) | NoCredentials => (40101, 401),
+            AdminUnauthorized => (40100, 401),
             TokenAuthUnavailable => (40143, 401),
             CapabilityDenied { .. } => (40160, 401),
             ModeNotRequested { .. } => (40165, 401),
