@@ -42,6 +42,8 @@ pub struct HistoryQuery {
     pub limit: usize,
     pub forwards: bool,
     pub cursor: Option<Position>,
+    /// Only messages at or before this position (`untilAttach`).
+    pub until: Option<Position>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -156,6 +158,7 @@ impl ChannelMaster {
             let ts = s.message.timestamp.unwrap_or(0);
             query.start.is_none_or(|start| ts >= start)
                 && query.end.is_none_or(|end| ts <= end)
+                && query.until.is_none_or(|until| s.position <= until)
                 && query.cursor.is_none_or(|c| {
                     if query.forwards {
                         s.position > c
@@ -359,5 +362,20 @@ mod tests {
         });
         assert_eq!(names(&fwd), ["m2", "m3", "m4"]);
         assert!(fwd.next.is_none());
+
+        let until = Some(Position::new(1, 3));
+        let fwd = master.history(&HistoryQuery {
+            limit: 10,
+            forwards: true,
+            until,
+            ..Default::default()
+        });
+        assert_eq!(names(&fwd), ["m0", "m1", "m2"]);
+        let back = master.history(&HistoryQuery {
+            limit: 10,
+            until,
+            ..Default::default()
+        });
+        assert_eq!(names(&back), ["m2", "m1", "m0"]);
     }
 }

@@ -49,7 +49,7 @@ pub struct ListenConfig {
     pub client: SocketAddr,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Bearer token for the admin API. Generated into the data directory when absent.
@@ -150,15 +150,6 @@ impl Default for ListenConfig {
     fn default() -> Self {
         Self {
             client: SocketAddr::from(([127, 0, 0, 1], 8080)),
-        }
-    }
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self {
-            token: None,
-            loopback_without_token: false,
         }
     }
 }

@@ -248,27 +248,17 @@ impl HistoryParams {
                 return Err(invalid("end", "must not be before start".into()));
             }
         }
-        // TODO: `from_serial` going forwards needs an upper position bound in
-        // HistoryQuery; until then `untilAttach` works only backwards (the default).
-        if history.from_serial.is_some() && history.forwards {
-            return Err(invalid(
-                "from_serial",
-                "is only supported with direction backwards".into(),
-            ));
-        }
         Ok(history)
     }
 
     pub fn query(&self) -> HistoryQuery {
-        // Backwards from an attach serial is a cursor just past it, so the message at
-        // the serial itself is included.
-        let cursor = self.cursor.or_else(|| self.from_serial.map(Position::next));
         HistoryQuery {
             start: self.start,
             end: self.end,
             limit: self.limit,
             forwards: self.forwards,
-            cursor,
+            cursor: self.cursor,
+            until: self.from_serial,
         }
     }
 
@@ -377,7 +367,6 @@ mod tests {
             "end=1.5",
             "cursor=nope",
             "start=10&end=5",
-            "from_serial=00000001-0000000000000002&direction=forwards",
         ] {
             assert_eq!(parse(bad).unwrap_err().code(), 40003, "{bad}");
         }
@@ -416,8 +405,8 @@ mod tests {
 
     #[test]
     fn until_attach_includes_the_attach_serial() {
-        let p = parse("from_serial=00000001-0000000000000004").unwrap();
-        assert_eq!(p.query().cursor, Some(Position::new(1, 5)));
+        let p = parse("from_serial=00000001-0000000000000004&direction=forwards").unwrap();
+        assert_eq!(p.query().until, Some(Position::new(1, 4)));
     }
 
     #[test]
