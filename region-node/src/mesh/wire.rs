@@ -1,0 +1,73 @@
+//! Frames on the mesh's control stream: length-prefixed MessagePack.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// Largest mesh frame; bigger than any client frame so a relayed publish always fits.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// What a node tells others about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: String,
+    pub region: String,
+    /// Where the node's mesh endpoint listens (UDP).
+    pub mesh: SocketAddr,
+    /// Where the node serves clients (WebSocket and REST).
+    pub client: SocketAddr,
+    /// Grows each time the node process starts, so news of an old life never
+    /// overrides the new one.
+    pub incarnation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MeshMsg {
+    /// First frame in each direction: who I am and who I know.
+    Hello {
+        me: MemberInfo,
+        members: Vec<MemberInfo>,
+    },
+    /// Periodic spread of the members a node is linked to.
+    Gossip { members: Vec<MemberInfo> },
+    /// The sender is leaving the region on purpose; do not dial it again.
+    Leave { id: String, incarnation: u64 },
+}
+
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+pub fn encode(msg: &MeshMsg) -> Bytes {
+    Bytes::from(rmp_serde::to_vec_named(msg).expect("mesh messages serialise"))
+}
+
+pub fn decode(frame: &BytesMut) -> Result<MeshMsg, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let me = MemberInfo {
+            id: "n1".into(),
+            region: "eu".into(),
+            mesh: "127.0.0.1:1".parse().unwrap(),
+            client: "127.0.0.1:2".parse().unwrap(),
+            incarnation: 7,
+        };
+        let msg = MeshMsg::Hello {
+            me: me.clone(),
+            members: vec![me],
+        };
+        let bytes = encode(&msg);
+        assert_eq!(decode(&BytesMut::from(&bytes[..])).unwrap(), msg);
+    }
+}
