@@ -7,13 +7,15 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::HistoryConfig;
 use crate::position::Position;
 use crate::protocol::{action, Message, ProtocolMessage};
 
 /// One publish as the master receives it. Messages are already validated and
 /// normalised; any without an id get `<id_base>:<index>`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Publish {
     pub messages: Vec<Message>,
     /// `connectionId:msgSerial` for a realtime publish, a random base for REST.
@@ -24,18 +26,38 @@ pub struct Publish {
 }
 
 /// What sequencing one publish produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Sequenced {
     /// A serial per published message, in order; a duplicate gets its first serial.
     pub serials: Vec<Option<String>>,
     /// The MESSAGE frame for subscribers, holding only messages not seen before;
     /// `None` when every message was a duplicate.
     pub frame: Option<ProtocolMessage>,
+    /// The newly stored messages with their positions, for the master's copies.
+    pub entries: Vec<Entry>,
+}
+
+/// A sequenced message and its position, as history holds it and copies receive it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub position: Position,
+    pub message: Message,
+}
+
+/// Everything a master knows, for a copy or a successor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub last: Position,
+    /// The newest position dropped from history by retention.
+    pub pruned: Position,
+    pub entries: Vec<Entry>,
+    /// Remembered message ids: (id, serial it got, when it was sequenced).
+    pub seen: Vec<(String, Option<String>, i64)>,
 }
 
 /// A history read: bounds in ms (inclusive), a page size, a direction, and a cursor
 /// that continues a previous page (exclusive).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HistoryQuery {
     pub start: Option<i64>,
     pub end: Option<i64>,
@@ -46,7 +68,7 @@ pub struct HistoryQuery {
     pub until: Option<Position>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub messages: Vec<Message>,
     /// Where the next page starts (exclusive), when there is one.
@@ -64,6 +86,8 @@ pub struct ChannelMaster {
     last: Position,
     history: VecDeque<Stored>,
     history_bytes: usize,
+    /// The newest position retention has dropped: history is complete after it.
+    pruned: Position,
     seen: HashMap<String, Option<String>>,
     seen_order: VecDeque<(i64, String)>,
     limits: HistoryConfig,
@@ -77,6 +101,7 @@ impl ChannelMaster {
             last: Position::new(epoch, 0),
             history: VecDeque::new(),
             history_bytes: 0,
+            pruned: Position::default(),
             seen: HashMap::new(),
             seen_order: VecDeque::new(),
             limits,
@@ -88,6 +113,94 @@ impl ChannelMaster {
         self.last
     }
 
+    pub fn epoch(&self) -> u32 {
+        self.last.epoch
+    }
+
+    /// A successor's master: the predecessor's history and remembered ids, sequencing on
+    /// under a new, higher epoch so every position it gives sorts after the old ones.
+    pub fn from_snapshot(
+        name: &str,
+        epoch: u32,
+        snapshot: Snapshot,
+        limits: HistoryConfig,
+    ) -> Self {
+        let mut master = Self::new(name, snapshot.last.epoch, limits);
+        master.restore(snapshot);
+        master.last = Position::new(epoch.max(master.last.epoch), 0);
+        master
+    }
+
+    /// Replaces this state with a snapshot (a copy being brought up to date).
+    pub fn restore(&mut self, snapshot: Snapshot) {
+        self.history.clear();
+        self.history_bytes = 0;
+        self.seen.clear();
+        self.seen_order.clear();
+        for (id, serial, at) in snapshot.seen {
+            self.remember(id, serial, at);
+        }
+        for entry in snapshot.entries {
+            self.store(entry.position, entry.message);
+        }
+        self.last = snapshot.last;
+        self.pruned = snapshot.pruned;
+    }
+
+    /// Appends entries sequenced by the master (a copy keeping up). Entries at or
+    /// before the copy's position are already held and skipped.
+    pub fn apply(&mut self, entries: Vec<Entry>, now_ms: i64) {
+        for entry in entries {
+            if entry.position <= self.last {
+                continue;
+            }
+            self.last = entry.position;
+            if let Some(id) = entry.message.id.clone() {
+                self.remember(id, entry.message.serial.clone(), now_ms);
+            }
+            self.store(entry.position, entry.message);
+        }
+        self.expire(now_ms);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            last: self.last,
+            pruned: self.pruned,
+            entries: self
+                .history
+                .iter()
+                .map(|s| Entry {
+                    position: s.position,
+                    message: s.message.clone(),
+                })
+                .collect(),
+            seen: self
+                .seen_order
+                .iter()
+                .map(|(at, id)| (id.clone(), self.seen.get(id).cloned().flatten(), *at))
+                .collect(),
+        }
+    }
+
+    /// Entries after `position`, oldest first: what a re-subscribing client missed.
+    /// `None` when retention already dropped some of them.
+    pub fn since(&self, position: Position) -> Option<Vec<Entry>> {
+        if self.pruned > position {
+            return None;
+        }
+        Some(
+            self.history
+                .iter()
+                .filter(|s| s.position > position)
+                .map(|s| Entry {
+                    position: s.position,
+                    message: s.message.clone(),
+                })
+                .collect(),
+        )
+    }
+
     /// Nothing left to keep: no history and no remembered ids.
     pub fn is_empty(&self) -> bool {
         self.history.is_empty() && self.seen_order.is_empty()
@@ -96,6 +209,7 @@ impl ChannelMaster {
     pub fn sequence(&mut self, publish: Publish, now_ms: i64) -> Sequenced {
         let mut serials = Vec::with_capacity(publish.messages.len());
         let mut fresh = Vec::with_capacity(publish.messages.len());
+        let mut entries = Vec::with_capacity(publish.messages.len());
 
         for (index, mut message) in publish.messages.into_iter().enumerate() {
             let id = message
@@ -116,6 +230,10 @@ impl ChannelMaster {
                 now_ms,
             );
             self.store(self.last, message.clone());
+            entries.push(Entry {
+                position: self.last,
+                message: message.clone(),
+            });
 
             serials.push(Some(serial));
             fresh.push(message);
@@ -124,7 +242,11 @@ impl ChannelMaster {
         self.expire(now_ms);
         let frame = (!fresh.is_empty())
             .then(|| self.frame(fresh, &publish.id_base, publish.connection_id, now_ms));
-        Sequenced { serials, frame }
+        Sequenced {
+            serials,
+            frame,
+            entries,
+        }
     }
 
     /// Drops history and remembered ids that fell out of their windows.
@@ -141,6 +263,7 @@ impl ChannelMaster {
             }
             let dropped = self.history.pop_front().expect("front exists");
             self.history_bytes -= dropped.bytes;
+            self.pruned = dropped.position;
         }
 
         let window = self.limits.dedup_window_ms as i64;
@@ -316,6 +439,48 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_successor_continues_under_a_higher_epoch_with_history_and_ids() {
+        let mut old = ChannelMaster::new("c", 1, limits());
+        let first = old.sequence(publish(&["a", "b"], "conn:0"), 10);
+
+        let mut copy = ChannelMaster::new("c", 1, limits());
+        copy.apply(first.entries.clone(), 10);
+        assert_eq!(copy.position(), old.position());
+
+        let mut new = ChannelMaster::from_snapshot("c", 2, copy.snapshot(), limits());
+        let resent = new.sequence(publish(&["a", "b"], "conn:0"), 11);
+        assert_eq!(
+            resent.serials, first.serials,
+            "a resend after failover is applied once"
+        );
+        assert!(resent.frame.is_none());
+
+        let next = new.sequence(publish(&["c"], "conn:1"), 12);
+        let serial = next.serials[0].clone().unwrap();
+        assert!(serial > first.serials[1].clone().unwrap());
+        assert!(serial.starts_with("00000002-"));
+
+        let missed = new.since(first.entries[0].position).unwrap();
+        let names: Vec<_> = missed
+            .iter()
+            .map(|e| e.message.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["b", "c"]);
+    }
+
+    #[test]
+    fn since_reports_when_retention_dropped_what_was_missed() {
+        let mut master = ChannelMaster::new("c", 1, limits());
+        let first = master.sequence(publish(&["m"], "conn:0"), 0);
+        for i in 1..6 {
+            master.sequence(publish(&["m"], &format!("conn:{i}")), i);
+        }
+        master.expire(10_000);
+        assert!(master.since(first.entries[0].position).is_none());
+        assert_eq!(master.since(master.position()).unwrap().len(), 0);
     }
 
     #[test]

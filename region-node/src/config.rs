@@ -19,6 +19,8 @@ const ENV_PREFIX: &str = "STARLING_";
 pub struct Config {
     pub node: NodeConfig,
     pub listen: ListenConfig,
+    pub mesh: MeshConfig,
+    pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub connection: ConnectionConfig,
     pub limits: LimitsConfig,
@@ -47,6 +49,33 @@ pub struct NodeConfig {
 pub struct ListenConfig {
     /// WebSocket and REST address. Port 0 picks a free port (see the describe file).
     pub client: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshConfig {
+    /// UDP address of this node's mesh endpoint. Unset: the node is a region of one.
+    pub listen: Option<SocketAddr>,
+    /// Mesh addresses of nodes to join through; any one live seed is enough.
+    pub seeds: Vec<SocketAddr>,
+    /// Keep-alive period on every mesh link.
+    pub keepalive_ms: u64,
+    /// A peer silent this long is dead (the failure detector).
+    pub failure_timeout_ms: u64,
+    /// How often unlinked seeds and members are dialed and membership is gossiped.
+    pub dial_interval_ms: u64,
+    /// Copies of every message in the region before it is acknowledged, master
+    /// included.
+    pub replication_factor: usize,
+}
+
+/// The cluster CA and this node's certificate, for the mesh's mutual TLS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -151,6 +180,30 @@ impl Default for ListenConfig {
         Self {
             client: SocketAddr::from(([127, 0, 0, 1], 8080)),
         }
+    }
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            seeds: Vec::new(),
+            keepalive_ms: 500,
+            failure_timeout_ms: 3_000,
+            dial_interval_ms: 500,
+            replication_factor: 2,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The three files, when all are configured.
+    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            ca_cert: self.ca_cert.clone()?,
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+        })
     }
 }
 
@@ -289,11 +342,27 @@ fn known_keys(defaults: &Config) -> Vec<String> {
 
 fn validate(config: &Config) -> Result<(), ConfigError> {
     let bad = |msg: String| Err(ConfigError::Semantic(msg));
-    if config.node.id.is_empty() || config.node.region.is_empty() {
-        return bad("node.id and node.region must not be empty".into());
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !plain(&config.node.id) || !plain(&config.node.region) {
+        return bad("node.id and node.region must be non-empty letters, digits, '-' or '_'".into());
     }
     if config.limits.max_message_size > config.limits.max_frame_size {
         return bad("limits.max_message_size must not exceed limits.max_frame_size".into());
+    }
+    if config.mesh.listen.is_some() && config.tls.files().is_none() {
+        return bad(
+            "mesh.listen needs tls.ca_cert, tls.cert and tls.key (see `region-node ca`)".into(),
+        );
+    }
+    if config.mesh.replication_factor == 0 {
+        return bad("mesh.replication_factor must be at least 1".into());
+    }
+    if config.mesh.keepalive_ms == 0 || config.mesh.failure_timeout_ms <= config.mesh.keepalive_ms {
+        return bad("mesh.failure_timeout_ms must exceed mesh.keepalive_ms (> 0)".into());
     }
     if config.connection.max_idle_interval_ms < 100 {
         return bad("connection.max_idle_interval_ms must be at least 100".into());

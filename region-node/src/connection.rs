@@ -2,9 +2,10 @@
 //! what the client is told in return. The socket task in `ws` drives it; this module
 //! never touches the socket.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::apps::{App, Key};
@@ -12,9 +13,9 @@ use crate::channel_client::Subscriber;
 use crate::channel_master::Publish;
 use crate::channels::validate_name;
 use crate::error::AblyError;
-use crate::node::{now_ms, Node};
+use crate::node::Node;
 use crate::outbox::Outbox;
-use crate::protocol::{action, data, flags, Message, ProtocolMessage, PublishResult};
+use crate::protocol::{action, data, flags, ErrorInfo, Message, ProtocolMessage, PublishResult};
 
 /// Who is on the other end, as established by authentication.
 pub struct Identity {
@@ -33,6 +34,24 @@ pub enum Next {
     Continue,
     /// Send the replies, then close the socket; the connection's state is discarded.
     Close,
+}
+
+/// The outcome of one publish, as the channel's master will report it.
+pub type Outcome = Result<Vec<Option<String>>, ErrorInfo>;
+
+/// A publish waiting for its outcome. ACKs and NACKs go out in msgSerial order,
+/// because ably-js completes its queue cumulatively (protocol.md §1.5).
+pub struct PendingAck {
+    pub msg_serial: i64,
+    pub outcome: oneshot::Receiver<Outcome>,
+}
+
+/// Replies of one inbound frame: frames to send now, and publishes whose ACK or NACK
+/// must wait its turn.
+#[derive(Default)]
+pub struct Replies {
+    pub now: Vec<ProtocolMessage>,
+    pub acks: VecDeque<PendingAck>,
 }
 
 pub struct Connection {
@@ -58,29 +77,29 @@ impl Connection {
         &self.outbox.connection_id
     }
 
-    /// Handles one inbound frame, pushing replies for this client onto `replies`.
-    pub fn handle(&mut self, pm: ProtocolMessage, replies: &mut Vec<ProtocolMessage>) -> Next {
+    /// Handles one inbound frame.
+    pub fn handle(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
         match pm.action {
-            action::HEARTBEAT => replies.push(ProtocolMessage {
+            action::HEARTBEAT => replies.now.push(ProtocolMessage {
                 id: pm.id,
                 ..ProtocolMessage::new(action::HEARTBEAT)
             }),
             action::CLOSE => {
-                replies.push(ProtocolMessage::new(action::CLOSED));
+                replies.now.push(ProtocolMessage::new(action::CLOSED));
                 return Next::Close;
             }
             action::DISCONNECT => return Next::Close,
-            action::ATTACH => replies.push(self.attach(pm)),
-            action::DETACH => replies.push(self.detach(pm)),
-            action::MESSAGE => replies.push(self.publish(pm)),
+            action::ATTACH => self.attach(pm, replies),
+            action::DETACH => replies.now.push(self.detach(pm)),
+            action::MESSAGE => return self.publish(pm, replies),
             action::PRESENCE | action::ANNOTATION | action::OBJECT => match pm.msg_serial {
-                Some(serial) => {
-                    replies.push(nack(serial, &AblyError::Unsupported("this operation")))
-                }
+                Some(serial) => replies
+                    .acks
+                    .push_back(refused(serial, &AblyError::Unsupported("this operation"))),
                 None => debug!(connection.id = %self.id(), action = pm.action, "ignoring frame"),
             },
             action::AUTH => {
-                replies.push(fatal(&AblyError::TokenAuthUnavailable));
+                replies.now.push(fatal(&AblyError::TokenAuthUnavailable));
                 return Next::Close;
             }
             other => debug!(connection.id = %self.id(), action = other, "ignoring frame"),
@@ -91,24 +110,22 @@ impl Connection {
     /// Leaves every channel; called once when the connection ends, however it ends.
     pub fn detach_all(&mut self) {
         for name in self.attached.keys() {
-            self.node.channels.detach(name, self.id());
+            self.node.region.detach(name, self.id());
         }
         self.attached.clear();
     }
 
-    fn attach(&mut self, pm: ProtocolMessage) -> ProtocolMessage {
+    /// Attaching is answered by the region task through the connection's queue, once
+    /// the channel's subscription stands, so ATTACHED always precedes its messages.
+    fn attach(&mut self, pm: ProtocolMessage, replies: &mut Replies) {
         let name = pm.channel.clone().unwrap_or_default();
         match self.try_attach(&name, &pm) {
-            Ok(attached) => attached,
-            Err(error) => channel_error(&name, &error),
+            Ok(()) => {}
+            Err(error) => replies.now.push(channel_error(&name, &error)),
         }
     }
 
-    fn try_attach(
-        &mut self,
-        name: &str,
-        pm: &ProtocolMessage,
-    ) -> Result<ProtocolMessage, AblyError> {
+    fn try_attach(&mut self, name: &str, pm: &ProtocolMessage) -> Result<(), AblyError> {
         validate_name(name)?;
         let capability = &self.identity.key.capability;
         if !capability.allows_any(name) {
@@ -124,47 +141,48 @@ impl Connection {
         })?;
         let echo = self.echo && params.get("echo").map(String::as_str) != Some("false");
 
+        let attached = ProtocolMessage {
+            flags: Some(modes),
+            params: accepted_params(&params),
+            ..ProtocolMessage::for_channel(action::ATTACHED, name)
+        };
         let subscriber = Subscriber {
             outbox: self.outbox.clone(),
             modes,
             echo,
         };
-        let position = self.node.channels.attach(name, subscriber);
+        self.node.region.attach(name, subscriber, attached);
         self.attached.insert(name.to_owned(), Attachment { modes });
-        debug!(connection.id = %self.id(), channel.name = name, modes, "attached");
-
-        Ok(ProtocolMessage {
-            channel_serial: Some(position.to_string()),
-            flags: Some(modes),
-            params: accepted_params(&params),
-            ..ProtocolMessage::for_channel(action::ATTACHED, name)
-        })
+        debug!(connection.id = %self.id(), channel.name = name, modes, "attaching");
+        Ok(())
     }
 
     fn detach(&mut self, pm: ProtocolMessage) -> ProtocolMessage {
         let name = pm.channel.unwrap_or_default();
         if self.attached.remove(&name).is_some() {
-            self.node.channels.detach(&name, self.id());
+            self.node.region.detach(&name, self.id());
         }
         ProtocolMessage::for_channel(action::DETACHED, &name)
     }
 
-    fn publish(&mut self, pm: ProtocolMessage) -> ProtocolMessage {
+    fn publish(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
         let Some(msg_serial) = pm.msg_serial else {
-            return fatal(&AblyError::MalformedFrame(
+            replies.now.push(fatal(&AblyError::MalformedFrame(
                 "MESSAGE without msgSerial".into(),
-            ));
+            )));
+            return Next::Close;
         };
         let channel = pm.channel.unwrap_or_default();
-        match self.try_publish(&channel, pm.messages.unwrap_or_default(), msg_serial) {
-            Ok(serials) => ProtocolMessage {
-                msg_serial: Some(msg_serial),
-                count: Some(1),
-                res: Some(vec![PublishResult { serials }]),
-                ..ProtocolMessage::new(action::ACK)
+        let pending = match self.try_publish(&channel, pm.messages.unwrap_or_default(), msg_serial)
+        {
+            Ok(outcome) => PendingAck {
+                msg_serial,
+                outcome,
             },
-            Err(error) => nack(msg_serial, &error),
-        }
+            Err(error) => refused(msg_serial, &error),
+        };
+        replies.acks.push_back(pending);
+        Next::Continue
     }
 
     fn try_publish(
@@ -172,7 +190,7 @@ impl Connection {
         name: &str,
         messages: Vec<Message>,
         msg_serial: i64,
-    ) -> Result<Vec<Option<String>>, AblyError> {
+    ) -> Result<oneshot::Receiver<Outcome>, AblyError> {
         validate_name(name)?;
         if !self.identity.key.capability.allows(name, "publish") {
             return Err(AblyError::CapabilityDenied {
@@ -191,13 +209,40 @@ impl Connection {
 
         let limit = self.node.config.limits.max_message_size;
         let messages = prepare_messages(messages, self.identity.client_id.as_deref(), limit)?;
-
         let publish = Publish {
             messages,
             id_base: format!("{}:{msg_serial}", self.id()),
             connection_id: Some(self.id().to_owned()),
         };
-        Ok(self.node.channels.publish(name, publish, now_ms()).serials)
+        Ok(self.node.region.publish(name, publish))
+    }
+}
+
+/// The ACK or NACK frame for a publish's outcome.
+pub fn ack_frame(msg_serial: i64, outcome: Outcome) -> ProtocolMessage {
+    match outcome {
+        Ok(serials) => ProtocolMessage {
+            msg_serial: Some(msg_serial),
+            count: Some(1),
+            res: Some(vec![PublishResult { serials }]),
+            ..ProtocolMessage::new(action::ACK)
+        },
+        Err(error) => ProtocolMessage {
+            msg_serial: Some(msg_serial),
+            count: Some(1),
+            error: Some(error),
+            ..ProtocolMessage::new(action::NACK)
+        },
+    }
+}
+
+/// A publish refused before it reached a master, queued behind earlier publishes.
+fn refused(msg_serial: i64, error: &AblyError) -> PendingAck {
+    let (tx, outcome) = oneshot::channel();
+    let _ = tx.send(Err(error.to_info()));
+    PendingAck {
+        msg_serial,
+        outcome,
     }
 }
 
@@ -304,15 +349,6 @@ fn channel_error(name: &str, error: &AblyError) -> ProtocolMessage {
     ProtocolMessage {
         error: Some(error.to_info()),
         ..ProtocolMessage::for_channel(action::ERROR, name)
-    }
-}
-
-fn nack(msg_serial: i64, error: &AblyError) -> ProtocolMessage {
-    ProtocolMessage {
-        msg_serial: Some(msg_serial),
-        count: Some(1),
-        error: Some(error.to_info()),
-        ..ProtocolMessage::new(action::NACK)
     }
 }
 

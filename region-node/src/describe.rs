@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::apps::App;
 use crate::data_dir::atomic_write;
+use crate::node::Node;
 
 #[derive(Debug, Serialize)]
 pub struct Describe {
@@ -71,31 +72,32 @@ impl DescribedApp {
     }
 }
 
-/// What a single node reports: one region with itself as its only node and entry.
-/// There is no global master process yet, so `global_masters` is empty.
-pub fn single_node(
-    admin_token: &str,
-    apps: &[std::sync::Arc<App>],
-    region: &str,
-    node_id: &str,
-    client: SocketAddr,
-) -> Describe {
-    let node = DescribedNode {
-        id: node_id.to_owned(),
+/// What a single node reports: its region with itself as the only node it describes
+/// (and the region's entry). There is no global master process yet, so
+/// `global_masters` is empty.
+pub fn single_node(node: &Node, client: SocketAddr, mesh: Option<SocketAddr>) -> Describe {
+    let config = &node.config;
+    let described = DescribedNode {
+        id: config.node.id.clone(),
         pid: std::process::id(),
         client: client.to_string(),
-        mesh: None,
+        mesh: mesh.map(|m| m.to_string()),
         bridge: None,
         argv: std::env::args().collect(),
     };
     Describe {
-        admin_token: admin_token.to_owned(),
-        apps: apps.iter().map(|a| DescribedApp::from_app(a)).collect(),
+        admin_token: node.admin_token.clone(),
+        apps: node
+            .apps
+            .list()
+            .iter()
+            .map(|a| DescribedApp::from_app(a))
+            .collect(),
         global_masters: Vec::new(),
         regions: vec![DescribedRegion {
-            name: region.to_owned(),
+            name: config.node.region.clone(),
             entry: client.to_string(),
-            nodes: vec![node],
+            nodes: vec![described],
         }],
     }
 }

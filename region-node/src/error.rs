@@ -6,7 +6,7 @@
 
 use crate::protocol::ErrorInfo;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AblyError {
     #[error("invalid protocol message: {0}")]
     MalformedFrame(String),
@@ -52,6 +52,11 @@ pub enum AblyError {
     ChannelNotAttached(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// An error another node already mapped, passed on unchanged.
+    #[error("{}", .0.message)]
+    Remote(ErrorInfo),
 }
 
 impl AblyError {
@@ -79,6 +84,8 @@ impl AblyError {
             InvalidConnectionKey => (80018, 400),
             ChannelNotAttached(_) => (90001, 400),
             Internal(_) => (50000, 500),
+            Timeout(_) => (50003, 503),
+            Remote(info) => (info.code, u16::try_from(info.status_code).unwrap_or(500)),
         }
     }
 

@@ -9,20 +9,40 @@ use serde_json::{json, Value};
 
 use crate::node::Node;
 
-/// A one-node region is ready as soon as it serves: there is no mesh to join and no
-/// remote global master to reach yet. It holds a single copy of every message, which
-/// the body says, since the design's replication factor counts copies.
+/// Ready once the node has joined its region's mesh (or has none) and sees a strict
+/// majority of the region's known members, without which it may not sequence. The
+/// body names what is missing and says when fewer copies than configured can exist.
 pub async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
+    let stats = node.region.stats().await;
+    let joined = node.mesh.as_ref().is_none_or(|m| m.joined());
+    let wanted = node.config.mesh.replication_factor;
+    let available = wanted.min(stats.live_nodes);
+
+    let mut missing = Vec::new();
+    if !joined {
+        missing.push("mesh: not linked to any seed yet");
+    }
+    if !stats.quorum {
+        missing.push("quorum: fewer than a majority of the region's nodes are reachable");
+    }
+    let ready = missing.is_empty();
     let body = json!({
-        "status": "ready",
+        "status": if ready { "ready" } else { "not ready" },
+        "missing": missing,
         "node": node.config.node.id,
         "region": node.config.node.region,
         "connections": node.connections.len(),
-        "channels": node.channels.len(),
-        "mesh": {"peers": 0, "mode": "single-node"},
-        "copies": {"available": 1, "degraded": false},
+        "channels": stats.channels,
+        "masters": stats.masters,
+        "mesh": {"live": stats.live_nodes, "known": stats.known_nodes, "joined": joined},
+        "copies": {"wanted": wanted, "available": available, "degraded": available < wanted},
     });
-    (StatusCode::OK, Json(body))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
 }
 
 pub async fn live() -> (StatusCode, Json<Value>) {

@@ -19,6 +19,7 @@ pub mod node;
 pub mod outbox;
 pub mod position;
 pub mod protocol;
+pub mod region;
 pub mod rest;
 pub mod ring;
 pub mod server;

@@ -8,16 +8,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 use crate::apps::AppRegistry;
-use crate::channels::Channels;
 use crate::config::Config;
 use crate::connection_key::KeySigner;
+use crate::mesh::Mesh;
 use crate::outbox::Outbox;
 use crate::protocol::ErrorInfo;
+use crate::region::Region;
 
 pub struct Node {
     pub config: Config,
     pub apps: AppRegistry,
-    pub channels: Channels,
+    /// The region task: channel masters, ChannelClients and copies.
+    pub region: Region,
+    /// The region mesh, when this node has peers.
+    pub mesh: Option<Mesh>,
     pub connections: Connections,
     pub keys: KeySigner,
     pub admin_token: String,

@@ -1,4 +1,4 @@
-//! Assembles a node from its configuration, binds its listener and serves until
+//! Assembles a node from its configuration, binds its listeners and serves until
 //! shutdown.
 
 use std::net::SocketAddr;
@@ -14,27 +14,35 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::apps::AppRegistry;
-use crate::channels::Channels;
 use crate::config::Config;
 use crate::connection_key::KeySigner;
 use crate::data_dir::DataDir;
+use crate::mesh::{MemberInfo, Mesh, MeshSettings};
 use crate::node::{now_ms, Connections, Node};
+use crate::region::{MeshLink, Region};
 use crate::{describe, health, rest, ws};
 
-/// How often idle channels and expired history are swept.
-const SWEEP_PERIOD: Duration = Duration::from_secs(5);
+/// How often region statistics are exported as metrics.
+const STATS_PERIOD: Duration = Duration::from_secs(5);
 
-pub struct Running {
-    pub node: Arc<Node>,
-    pub client_addr: SocketAddr,
-}
-
-/// Builds the node's state from configuration and its data directory.
-pub fn build_node(config: Config) -> anyhow::Result<Arc<Node>> {
+/// Builds the node's state from configuration and its data directory, joining the
+/// region mesh when one is configured.
+pub async fn build_node(config: Config, client_addr: SocketAddr) -> anyhow::Result<Arc<Node>> {
     let data = DataDir::open(&config.node.data_dir)
         .with_context(|| format!("opening data directory {}", config.node.data_dir.display()))?;
     let secrets = data.secrets().context("reading node secrets")?;
     let apps = AppRegistry::open(&config.apps, data.path("apps.json")).context("loading apps")?;
+
+    let (mesh, link) = match start_mesh(&config, client_addr).await? {
+        Some((mesh, inbound)) => (Some(mesh.clone()), Some(MeshLink { mesh, inbound })),
+        None => (None, None),
+    };
+    let region = Region::start(
+        &config.node.id,
+        config.mesh.replication_factor,
+        config.history.clone(),
+        link,
+    );
 
     let cluster_secret = config
         .node
@@ -43,13 +51,43 @@ pub fn build_node(config: Config) -> anyhow::Result<Arc<Node>> {
         .unwrap_or(secrets.cluster_secret);
     let admin_token = config.admin.token.clone().unwrap_or(secrets.admin_token);
     Ok(Arc::new(Node {
-        channels: Channels::new(config.history.clone()),
+        region,
+        mesh,
         apps,
         connections: Connections::default(),
         keys: KeySigner::new(&cluster_secret),
         admin_token,
         config,
     }))
+}
+
+type Inbound = tokio::sync::mpsc::UnboundedReceiver<(String, crate::region::msg::ChannelMsg)>;
+
+async fn start_mesh(
+    config: &Config,
+    client: SocketAddr,
+) -> anyhow::Result<Option<(Mesh, Inbound)>> {
+    let Some(listen) = config.mesh.listen else {
+        return Ok(None);
+    };
+    let tls = config.tls.files().context("mesh.listen needs tls files")?;
+    let settings = MeshSettings {
+        listen,
+        seeds: config.mesh.seeds.clone(),
+        keepalive: Duration::from_millis(config.mesh.keepalive_ms),
+        failure_timeout: Duration::from_millis(config.mesh.failure_timeout_ms),
+        dial_interval: Duration::from_millis(config.mesh.dial_interval_ms),
+        tls,
+    };
+    let me = MemberInfo {
+        id: config.node.id.clone(),
+        region: config.node.region.clone(),
+        mesh: listen,
+        client,
+        // A new process is a new incarnation; wall-clock ms grow across restarts.
+        incarnation: now_ms() as u64,
+    };
+    Ok(Some(Mesh::start(settings, me).await?))
 }
 
 pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
@@ -65,8 +103,8 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
         .with_state(node)
 }
 
-/// Binds the client listener, writes the describe file, and serves until `shutdown`
-/// resolves.
+/// Binds the client listener, joins the mesh, writes the describe file, and serves
+/// until `shutdown` resolves; then leaves the mesh on purpose.
 pub async fn serve(
     config: Config,
     describe_path: Option<PathBuf>,
@@ -75,21 +113,16 @@ pub async fn serve(
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("installing metrics")?;
-    let node = build_node(config)?;
-    let listener = TcpListener::bind(node.config.listen.client)
+    let listener = TcpListener::bind(config.listen.client)
         .await
-        .with_context(|| format!("binding {}", node.config.listen.client))?;
+        .with_context(|| format!("binding {}", config.listen.client))?;
     let client_addr = listener.local_addr()?;
+    let node = build_node(config, client_addr).await?;
 
-    spawn_sweeper(node.clone());
+    spawn_stats(node.clone());
     if let Some(path) = &describe_path {
-        let described = describe::single_node(
-            &node.admin_token,
-            &node.apps.list(),
-            &node.config.node.region,
-            &node.config.node.id,
-            client_addr,
-        );
+        let mesh_addr = node.mesh.as_ref().map(|m| m.local_addr());
+        let described = describe::single_node(&node, client_addr, mesh_addr);
         describe::write(path, &described).with_context(|| format!("writing {}", path.display()))?;
     }
 
@@ -98,24 +131,30 @@ pub async fn serve(
         node.id = %node.config.node.id,
         region.id = %node.config.node.region,
         listen.client = %client_addr,
+        listen.mesh = ?node.mesh.as_ref().map(|m| m.local_addr()),
         "region node ready"
     );
 
-    let app = router(node, metrics).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(node.clone(), metrics).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
+    if let Some(mesh) = &node.mesh {
+        mesh.leave().await;
+    }
     info!("region node stopped");
     Ok(())
 }
 
-fn spawn_sweeper(node: Arc<Node>) {
+fn spawn_stats(node: Arc<Node>) {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(SWEEP_PERIOD);
+        let mut ticker = tokio::time::interval(STATS_PERIOD);
         loop {
             ticker.tick().await;
-            node.channels.sweep(now_ms());
-            metrics::gauge!("starling_channels").set(node.channels.len() as f64);
+            let stats = node.region.stats().await;
+            metrics::gauge!("starling_channels").set(stats.channels as f64);
+            metrics::gauge!("starling_channel_masters").set(stats.masters as f64);
+            metrics::gauge!("starling_mesh_live_nodes").set(stats.live_nodes as f64);
         }
     });
 }

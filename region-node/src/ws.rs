@@ -5,6 +5,7 @@
 //! an HTTP error on the upgrade would only make ably-js retry forever without ever
 //! seeing the error code (protocol.md §1.5).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
@@ -12,9 +13,11 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use futures_util::SinkExt;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{debug, debug_span, warn, Instrument};
+use tracing::{debug, debug_span, Instrument};
 
-use crate::connection::{fatal, Connection, Identity, Next};
+use crate::connection::{
+    ack_frame, fatal, Connection, Identity, Next, Outcome, PendingAck, Replies,
+};
 use crate::connection_key::ConnectionKey;
 use crate::data_dir::random_string;
 use crate::error::AblyError;
@@ -123,7 +126,8 @@ async fn run(
     debug!("disconnected");
 }
 
-/// The connection's loop: inbound frames, queued outbound frames and keep-alives.
+/// The connection's loop: inbound frames, publish outcomes, queued outbound frames
+/// and keep-alives.
 async fn pump(
     socket: &mut WebSocket,
     connection: &mut Connection,
@@ -135,7 +139,8 @@ async fn pump(
     let mut keepalive = tokio::time::interval(idle / 2);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    let mut replies = Vec::new();
+    let mut replies = Replies::default();
+    let mut acks: VecDeque<PendingAck> = VecDeque::new();
 
     loop {
         tokio::select! {
@@ -146,13 +151,19 @@ async fn pump(
                     Some(Err(error)) => on_read_error(&error, &mut replies, node),
                     None => return,
                 };
-                for reply in replies.drain(..) {
+                acks.append(&mut replies.acks);
+                for reply in replies.now.drain(..) {
                     if send(socket, &reply, params.format).await.is_err() {
                         return;
                     }
                 }
                 if next == Next::Close {
                     let _ = socket.close().await;
+                    return;
+                }
+            }
+            outcome = first_outcome(&mut acks), if !acks.is_empty() => {
+                if send_acks(socket, outcome, &mut acks, params.format).await.is_err() {
                     return;
                 }
             }
@@ -177,11 +188,46 @@ async fn pump(
     }
 }
 
-fn on_frame(
-    frame: WsMessage,
-    connection: &mut Connection,
-    replies: &mut Vec<ProtocolMessage>,
-) -> Next {
+/// Waits for the oldest pending publish's outcome.
+async fn first_outcome(acks: &mut VecDeque<PendingAck>) -> Outcome {
+    let head = acks.front_mut().expect("guarded by the select condition");
+    (&mut head.outcome)
+        .await
+        .unwrap_or_else(|_| Err(AblyError::Internal("publish abandoned".into()).to_info()))
+}
+
+/// Sends the head's ACK or NACK, then those of every following publish whose outcome
+/// is already known, keeping msgSerial order.
+async fn send_acks(
+    socket: &mut WebSocket,
+    outcome: Outcome,
+    acks: &mut VecDeque<PendingAck>,
+    format: Format,
+) -> Result<(), axum::Error> {
+    let head = acks.pop_front().expect("an outcome came from the head");
+    socket
+        .feed(to_ws(codec::encode(
+            &ack_frame(head.msg_serial, outcome),
+            format,
+        )))
+        .await?;
+
+    while let Some(next) = acks.front_mut() {
+        let Ok(outcome) = next.outcome.try_recv() else {
+            break;
+        };
+        let next = acks.pop_front().expect("front exists");
+        socket
+            .feed(to_ws(codec::encode(
+                &ack_frame(next.msg_serial, outcome),
+                format,
+            )))
+            .await?;
+    }
+    socket.flush().await
+}
+
+fn on_frame(frame: WsMessage, connection: &mut Connection, replies: &mut Replies) -> Next {
     let decoded = match frame {
         WsMessage::Text(text) => codec::decode_json(text.as_str()),
         WsMessage::Binary(bytes) => codec::decode_msgpack(&bytes),
@@ -193,19 +239,21 @@ fn on_frame(
     match decoded {
         Ok(pm) => connection.handle(pm, replies),
         Err(error) => {
-            warn!(connection.id = %connection.id(), "malformed frame: {error}");
-            replies.push(fatal(&AblyError::MalformedFrame(error.to_string())));
+            debug!(connection.id = %connection.id(), "malformed frame: {error}");
+            replies
+                .now
+                .push(fatal(&AblyError::MalformedFrame(error.to_string())));
             Next::Close
         }
     }
 }
 
 /// A read error ends the connection; an oversized frame is first reported as such.
-fn on_read_error(error: &axum::Error, replies: &mut Vec<ProtocolMessage>, node: &Node) -> Next {
+fn on_read_error(error: &axum::Error, replies: &mut Replies, node: &Node) -> Next {
     let text = error.to_string();
     if text.contains("too long") || text.contains("Space limit") || text.contains("Capacity") {
         let limit = node.config.limits.max_frame_size;
-        replies.push(fatal(&AblyError::MessageTooLarge {
+        replies.now.push(fatal(&AblyError::MessageTooLarge {
             size: limit + 1,
             limit,
         }));

@@ -15,6 +15,9 @@ use super::wire::MemberInfo;
 pub struct MeshView {
     pub version: u64,
     pub live: BTreeMap<String, MemberInfo>,
+    /// Members this node knows of, live or not, that did not leave; itself included.
+    /// Sequencing needs a strict majority of them live.
+    pub known: usize,
 }
 
 #[derive(Debug)]
@@ -106,7 +109,10 @@ impl Membership {
             return false;
         }
         known.left = true;
-        self.link_down(id)
+        self.link_down(id);
+        // The known count shrank, which changes the quorum, so the view changed.
+        self.version += 1;
+        true
     }
 
     /// Members known but not linked, which the transport should keep dialing.
@@ -131,9 +137,11 @@ impl Membership {
             .map(|k| (k.info.id.clone(), k.info.clone()))
             .collect();
         live.insert(self.me.id.clone(), self.me.clone());
+        let known = 1 + self.known.values().filter(|k| !k.left).count();
         MeshView {
             version: self.version,
             live,
+            known,
         }
     }
 }

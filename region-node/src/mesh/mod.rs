@@ -28,6 +28,7 @@ use membership::Membership;
 pub use membership::MeshView;
 pub use wire::{MemberInfo, MeshMsg};
 
+use crate::region::msg::ChannelMsg;
 use crate::tls::{self, TlsFiles};
 
 /// How long a handshake (QUIC, TLS and hello) may take before the attempt is dropped.
@@ -60,6 +61,8 @@ struct Inner {
     next_link: AtomicU64,
     /// Set once the node leaves: it dials nobody and takes no new links after that.
     leaving: AtomicBool,
+    /// Channel traffic from peers, for the region task.
+    inbound: mpsc::UnboundedSender<(String, ChannelMsg)>,
 }
 
 struct State {
@@ -80,7 +83,10 @@ struct Link {
 impl Mesh {
     /// Binds the mesh endpoint and starts accepting, dialing and gossiping. `me.mesh`
     /// is replaced by the address actually bound.
-    pub async fn start(settings: MeshSettings, mut me: MemberInfo) -> anyhow::Result<Mesh> {
+    pub async fn start(
+        settings: MeshSettings,
+        mut me: MemberInfo,
+    ) -> anyhow::Result<(Mesh, mpsc::UnboundedReceiver<(String, ChannelMsg)>)> {
         let mut server = tls::mesh_server_config(&settings.tls)?;
         server.transport_config(transport(&settings));
         let mut client = tls::mesh_client_config(&settings.tls)?;
@@ -93,6 +99,7 @@ impl Mesh {
 
         let membership = Membership::new(me);
         let (view_tx, _) = watch::channel(membership.view());
+        let (inbound, inbound_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             endpoint,
             settings,
@@ -104,11 +111,22 @@ impl Mesh {
             view_tx,
             next_link: AtomicU64::new(1),
             leaving: AtomicBool::new(false),
+            inbound,
         });
 
         tokio::spawn(accept_loop(inner.clone()));
         tokio::spawn(dial_loop(inner.clone()));
-        Ok(Mesh { inner })
+        Ok((Mesh { inner }, inbound_rx))
+    }
+
+    /// Sends channel traffic to a peer over its link. Returns false when there is no
+    /// link: the region task learns of the loss from the view and acts on that.
+    pub fn send(&self, peer: &str, msg: ChannelMsg) -> bool {
+        let state = self.inner.state.lock();
+        let Some(link) = state.links.get(peer) else {
+            return false;
+        };
+        link.tx.send(wire::encode(&MeshMsg::Channel(msg))).is_ok()
     }
 
     pub fn me(&self) -> MemberInfo {
@@ -342,7 +360,7 @@ fn register(
 
     let span = debug_span!("mesh_link", peer.id = %peer.id);
     tokio::spawn(write_loop(writer, rx).instrument(span.clone()));
-    tokio::spawn(read_loop(inner.clone(), reader).instrument(span.clone()));
+    tokio::spawn(read_loop(inner.clone(), peer.id.clone(), reader).instrument(span.clone()));
     tokio::spawn(watch_link(inner.clone(), peer.id, id, connection).instrument(span));
 }
 
@@ -354,7 +372,7 @@ async fn write_loop(mut writer: Writer, mut rx: mpsc::UnboundedReceiver<Bytes>) 
     }
 }
 
-async fn read_loop(inner: Arc<Inner>, mut reader: Reader) {
+async fn read_loop(inner: Arc<Inner>, peer: String, mut reader: Reader) {
     while let Some(frame) = reader.next().await {
         let msg = match frame
             .map_err(anyhow::Error::from)
@@ -366,13 +384,18 @@ async fn read_loop(inner: Arc<Inner>, mut reader: Reader) {
                 return;
             }
         };
-        on_message(&inner, msg);
+        on_message(&inner, &peer, msg);
     }
 }
 
-fn on_message(inner: &Inner, msg: MeshMsg) {
+fn on_message(inner: &Inner, peer: &str, msg: MeshMsg) {
+    if let MeshMsg::Channel(msg) = msg {
+        let _ = inner.inbound.send((peer.to_owned(), msg));
+        return;
+    }
     let mut state = inner.state.lock();
     match msg {
+        MeshMsg::Channel(_) => unreachable!("handled above"),
         MeshMsg::Hello { members, .. } | MeshMsg::Gossip { members } => {
             members.into_iter().for_each(|m| state.membership.learn(m));
         }
@@ -465,14 +488,17 @@ mod tests {
 
         let a = Mesh::start(settings(ca.path(), "a", vec![]), me("a"))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let seed = vec![a.local_addr()];
         let b = Mesh::start(settings(ca.path(), "b", seed.clone()), me("b"))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let c = Mesh::start(settings(ca.path(), "c", seed), me("c"))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
 
         // c and b only know a, yet each links to the other through gossip.
         for mesh in [&a, &b, &c] {
@@ -497,16 +523,19 @@ mod tests {
 
         let a = Mesh::start(settings(ca.path(), "a", vec![]), me("a"))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let rogue = Mesh::start(
             settings(rogue_ca.path(), "rogue", vec![a.local_addr()]),
             me("rogue"),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
         let friend = Mesh::start(settings(ca.path(), "b", vec![a.local_addr()]), me("b"))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
 
         // Once a legitimate node has joined, the rogue has had many dial attempts.
         wait_for(&a, "b joined", |v| v.live.contains_key("b")).await;
@@ -522,10 +551,12 @@ mod tests {
         tls::create_ca(ca.path()).unwrap();
         let a = Mesh::start(settings(ca.path(), "a", vec![]), me("a"))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let b = Mesh::start(settings(ca.path(), "b", vec![a.local_addr()]), me("b"))
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         wait_for(&a, "b joined", |v| v.live.contains_key("b")).await;
         wait_for(&b, "a joined", |v| v.live.contains_key("a")).await;
 

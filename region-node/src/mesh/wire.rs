@@ -34,6 +34,8 @@ pub enum MeshMsg {
     Gossip { members: Vec<MemberInfo> },
     /// The sender is leaving the region on purpose; do not dial it again.
     Leave { id: String, incarnation: u64 },
+    /// Channel traffic between ChannelClients, masters and copy holders.
+    Channel(crate::region::msg::ChannelMsg),
 }
 
 pub fn codec() -> LengthDelimitedCodec {

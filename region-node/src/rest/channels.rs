@@ -19,7 +19,7 @@ use crate::channels::validate_name;
 use crate::connection::prepare_messages;
 use crate::data_dir::random_string;
 use crate::error::AblyError;
-use crate::node::{now_ms, Node};
+use crate::node::Node;
 use crate::position::Position;
 use crate::protocol::codec::render_for_json;
 use crate::protocol::{Format, Message};
@@ -69,7 +69,7 @@ pub async fn publish(
     body: RestBody,
 ) -> Response {
     let request = ChannelRequest::new(&node, name, &headers, query);
-    negotiation.respond(try_publish(request, &body))
+    negotiation.respond(try_publish(request, &body).await)
 }
 
 pub async fn history(
@@ -80,7 +80,7 @@ pub async fn history(
     headers: HeaderMap,
 ) -> Response {
     let request = ChannelRequest::new(&node, name, &headers, query);
-    negotiation.respond(try_history(request, negotiation.body_format()))
+    negotiation.respond(try_history(request, negotiation.body_format()).await)
 }
 
 pub async fn status(
@@ -91,7 +91,7 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Response {
     let request = ChannelRequest::new(&node, name, &headers, query);
-    negotiation.respond(try_status(request))
+    negotiation.respond(try_status(request).await)
 }
 
 impl<'a> ChannelRequest<'a> {
@@ -131,7 +131,10 @@ fn require(key: &Key, channel: &str, op: &'static str) -> Result<(), AblyError> 
     })
 }
 
-fn try_publish(request: ChannelRequest, body: &RestBody) -> Result<Reply<Published>, AblyError> {
+async fn try_publish(
+    request: ChannelRequest<'_>,
+    body: &RestBody,
+) -> Result<Reply<Published>, AblyError> {
     let node = request.node;
     let (name, key, _) = request.open()?;
     require(&key, &name, "publish")?;
@@ -160,7 +163,9 @@ fn try_publish(request: ChannelRequest, body: &RestBody) -> Result<Reply<Publish
             id_base,
             connection_id: None,
         };
-        node.channels.publish(&name, publish, now_ms()).serials
+        let outcome = node.region.publish(&name, publish).await;
+        let outcome = outcome.map_err(|_| AblyError::Internal("region task ended".into()))?;
+        outcome.map_err(AblyError::Remote)?
     };
     debug!(channel.name = %name, messages = count, "rest publish");
 
@@ -171,13 +176,20 @@ fn try_publish(request: ChannelRequest, body: &RestBody) -> Result<Reply<Publish
     }))
 }
 
-fn try_history(request: ChannelRequest, format: Format) -> Result<Reply<Vec<Message>>, AblyError> {
+async fn try_history(
+    request: ChannelRequest<'_>,
+    format: Format,
+) -> Result<Reply<Vec<Message>>, AblyError> {
     let node = request.node;
     let (name, key, params) = request.open()?;
     require(&key, &name, "history")?;
     let history = HistoryParams::parse(&params)?;
 
-    let page = node.channels.history(&name, &history.query());
+    let page = node
+        .region
+        .history(&name, history.query())
+        .await
+        .map_err(AblyError::Remote)?;
     let mut messages = page.messages;
     // The master keeps binary payloads as bytes; a JSON body needs them as base64.
     if format == Format::Json {
@@ -188,7 +200,7 @@ fn try_history(request: ChannelRequest, format: Format) -> Result<Reply<Vec<Mess
 
 /// Any operation on the channel admits its status, `channel-metadata` included: a key
 /// that may do something with a channel may also see whether it is in use.
-fn try_status(request: ChannelRequest) -> Result<Reply<Value>, AblyError> {
+async fn try_status(request: ChannelRequest<'_>) -> Result<Reply<Value>, AblyError> {
     let node = request.node;
     let (name, key, _) = request.open()?;
     if !key.capability.allows_any(&name) {
@@ -199,7 +211,7 @@ fn try_status(request: ChannelRequest) -> Result<Reply<Value>, AblyError> {
     }
 
     // Occupancy reads never create a channel.
-    let metrics = node.channels.occupancy(&name);
+    let metrics = node.region.occupancy(&name).await;
     Ok(Reply::ok(json!({
         "channelId": name,
         "status": {

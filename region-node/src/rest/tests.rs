@@ -61,13 +61,15 @@ impl Answer {
     }
 }
 
-fn fixture_with(tune: impl FnOnce(&mut Config)) -> Fixture {
+async fn fixture_with(tune: impl FnOnce(&mut Config)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.node.data_dir = dir.path().to_owned();
     tune(&mut config);
 
-    let node = build_node(config).unwrap();
+    let node = build_node(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let key = node.apps.list()[0].keys[0].key_str();
     Fixture {
         _dir: dir,
@@ -77,8 +79,8 @@ fn fixture_with(tune: impl FnOnce(&mut Config)) -> Fixture {
     }
 }
 
-fn fixture() -> Fixture {
-    fixture_with(|_| {})
+async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
 }
 
 impl Fixture {
@@ -134,7 +136,7 @@ fn link_query<'a>(link: &'a str, rel: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn time_is_a_json_array_of_one_timestamp() {
-    let f = fixture();
+    let f = fixture().await;
     let answer = f
         .send(Request::get("/time").body(Body::empty()).unwrap())
         .await;
@@ -145,7 +147,7 @@ async fn time_is_a_json_array_of_one_timestamp() {
 
 #[tokio::test]
 async fn publish_answers_serials_and_history_returns_newest_first() {
-    let f = fixture();
+    let f = fixture().await;
     let body = json!([{"name": "a", "data": "one"}, {"name": "b", "data": {"x": 1}}]);
     let answer = f.post_json("/channels/room/messages", body).await;
 
@@ -168,7 +170,7 @@ async fn publish_answers_serials_and_history_returns_newest_first() {
 
 #[tokio::test]
 async fn a_single_message_and_client_ids_are_kept() {
-    let f = fixture();
+    let f = fixture().await;
     let body = json!({"id": "mine:3", "name": "n", "data": "d"});
     let first = f
         .post_json("/channels/c/messages", body.clone())
@@ -192,7 +194,7 @@ async fn a_single_message_and_client_ids_are_kept() {
 
 #[tokio::test]
 async fn history_pages_follow_the_link_header() {
-    let f = fixture();
+    let f = fixture().await;
     for i in 0..3 {
         f.post_json("/channels/p/messages", json!({"name": format!("m{i}")}))
             .await;
@@ -224,16 +226,20 @@ async fn history_pages_follow_the_link_header() {
 
 #[tokio::test]
 async fn an_empty_history_is_an_empty_array() {
-    let f = fixture();
+    let f = fixture().await;
     let answer = f.get("/channels/never/messages").await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json(), json!([]));
-    assert_eq!(f.node.channels.len(), 0, "reading history creates nothing");
+    assert_eq!(
+        f.node.region.stats().await.channels,
+        0,
+        "reading history creates nothing"
+    );
 }
 
 #[tokio::test]
 async fn binary_data_is_base64_in_json_and_bin_in_msgpack() {
-    let f = fixture();
+    let f = fixture().await;
     let message = Message {
         name: Some("bin".into()),
         data: Some(Data::Binary(Bytes::from_static(&[0, 255, 7]))),
@@ -269,7 +275,7 @@ async fn binary_data_is_base64_in_json_and_bin_in_msgpack() {
 
 #[tokio::test]
 async fn refusals_use_the_ably_error_shape() {
-    let f = fixture();
+    let f = fixture().await;
 
     let anonymous = Request::get("/channels/x/messages")
         .body(Body::empty())
@@ -310,7 +316,7 @@ async fn refusals_use_the_ably_error_shape() {
 
 #[tokio::test]
 async fn the_key_param_authenticates_and_capabilities_are_enforced() {
-    let f = fixture();
+    let f = fixture().await;
     let key = f.node.apps.list()[0].keys[0].key_str();
     let by_param = Request::get(format!("/channels/x/messages?key={key}"))
         .body(Body::empty())
@@ -344,7 +350,7 @@ async fn the_key_param_authenticates_and_capabilities_are_enforced() {
 
 #[tokio::test]
 async fn oversize_bodies_are_refused_before_parsing() {
-    let f = fixture_with(|c| c.limits.max_frame_size = 100);
+    let f = fixture_with(|c| c.limits.max_frame_size = 100).await;
     let body = json!({"data": "x".repeat(200)});
     f.post_json("/channels/x/messages", body)
         .await
@@ -353,7 +359,7 @@ async fn oversize_bodies_are_refused_before_parsing() {
 
 #[tokio::test]
 async fn channel_status_reports_occupancy_without_creating_the_channel() {
-    let f = fixture();
+    let f = fixture().await;
     let answer = f.get("/channels/quiet").await;
     assert_eq!(answer.status, StatusCode::OK);
     let details = answer.json();
@@ -364,12 +370,12 @@ async fn channel_status_reports_occupancy_without_creating_the_channel() {
         details["status"]["occupancy"]["metrics"]["presenceMembers"],
         0
     );
-    assert_eq!(f.node.channels.len(), 0);
+    assert_eq!(f.node.region.stats().await.channels, 0);
 }
 
 #[tokio::test]
 async fn envelopes_carry_status_and_link_in_the_body() {
-    let f = fixture();
+    let f = fixture().await;
     let status = f.get("/channels/e?envelope=json").await;
     assert_eq!(status.status, StatusCode::OK);
     let wrapped = status.json();
@@ -392,7 +398,7 @@ async fn envelopes_carry_status_and_link_in_the_body() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods_answer_in_the_ably_shape() {
-    let f = fixture();
+    let f = fixture().await;
     f.get("/nowhere?key=secret").await.assert_error(40400, 404);
     let wrong = Request::delete("/channels/x/messages")
         .body(Body::empty())
@@ -402,7 +408,7 @@ async fn unknown_paths_and_methods_answer_in_the_ably_shape() {
 
 #[tokio::test]
 async fn cors_preflight_mirrors_the_origin_and_exposes_ably_headers() {
-    let f = fixture();
+    let f = fixture().await;
     let preflight = Request::options("/channels/x/messages")
         .header("origin", "http://example.test")
         .header("access-control-request-method", "POST")
@@ -437,7 +443,7 @@ async fn cors_preflight_mirrors_the_origin_and_exposes_ably_headers() {
 
 #[tokio::test]
 async fn admin_needs_the_token_unless_loopback_is_trusted() {
-    let f = fixture();
+    let f = fixture().await;
     let anonymous = Request::post("/apps").body(Body::empty()).unwrap();
     f.send(anonymous).await.assert_error(40100, 401);
     let wrong = Request::post("/apps")
@@ -446,7 +452,7 @@ async fn admin_needs_the_token_unless_loopback_is_trusted() {
         .unwrap();
     f.send(wrong).await.assert_error(40100, 401);
 
-    let trusted = fixture_with(|c| c.admin.loopback_without_token = true);
+    let trusted = fixture_with(|c| c.admin.loopback_without_token = true).await;
     let mut local = Request::post("/apps").body(Body::empty()).unwrap();
     let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
     local.extensions_mut().insert(ConnectInfo(loopback));
@@ -460,7 +466,7 @@ async fn admin_needs_the_token_unless_loopback_is_trusted() {
 
 #[tokio::test]
 async fn apps_are_created_used_and_deleted() {
-    let f = fixture();
+    let f = fixture().await;
     let bearer = format!("Bearer {}", f.node.admin_token);
     let spec = json!({
         "keys": [{"capability": "{\"ns:*\":[\"publish\",\"history\"]}"}],

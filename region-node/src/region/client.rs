@@ -1,0 +1,324 @@
+//! The client side of the region state machine: one ChannelClient per channel with
+//! local attachments or publishes in flight. It subscribes to the channel's master,
+//! fans committed frames out to local connections in order and exactly once, and
+//! carries local publishes to the master, resending them when the master changes.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::msg::ChannelMsg;
+use super::{NodeId, RegionState};
+use crate::channel_client::{ChannelClient, Subscriber};
+use crate::channel_master::{Entry, Publish};
+use crate::error::AblyError;
+use crate::position::Position;
+use crate::protocol::{action, codec, ErrorInfo, ProtocolMessage};
+
+pub type PublishReply = oneshot::Sender<Result<Vec<Option<String>>, ErrorInfo>>;
+
+/// How long a local publish may wait for its master before it is refused.
+const PUBLISH_TIMEOUT_MS: i64 = 15_000;
+
+#[derive(Default)]
+pub(super) struct ClientSlot {
+    pub local: ChannelClient,
+    /// The master this client subscribed to (or sends publishes to).
+    pub master: Option<NodeId>,
+    /// Whether the master confirmed the subscription.
+    pub subscribed: bool,
+    /// Whether a subscription is wanted (local attachments exist).
+    pub wants_frames: bool,
+    /// The last position delivered to local connections.
+    pub last: Option<Position>,
+    /// Attachments waiting for the subscription, with their ATTACHED frame.
+    pub waiting: Vec<(Subscriber, ProtocolMessage)>,
+    /// Publishes sent to the master and not yet answered, by request id (so in the
+    /// order they were made).
+    pub inflight: BTreeMap<u64, Inflight>,
+}
+
+pub(super) struct Inflight {
+    pub publish: Publish,
+    pub reply: PublishReply,
+    pub since_ms: i64,
+}
+
+impl RegionState {
+    /// A local connection attaches. Its ATTACHED frame goes out through its own queue
+    /// once the subscription stands, so it always precedes the channel's messages.
+    pub fn attach(&mut self, channel: &str, subscriber: Subscriber, attached: ProtocolMessage) {
+        let slot = self.client_slot(channel);
+        slot.wants_frames = true;
+        if slot.subscribed {
+            let position = slot.last.unwrap_or_default();
+            admit(slot, subscriber, attached, position);
+            return;
+        }
+        slot.waiting.push((subscriber, attached));
+        self.ensure_subscribed(channel);
+    }
+
+    pub fn detach(&mut self, channel: &str, connection_id: &str) {
+        let Some(slot) = self.clients.get_mut(channel) else {
+            return;
+        };
+        slot.local.detach(connection_id);
+        slot.waiting
+            .retain(|(s, _)| &*s.outbox.connection_id != connection_id);
+        self.drop_client_if_idle(channel);
+    }
+
+    pub fn publish(&mut self, channel: &str, publish: Publish, reply: PublishReply) {
+        let req = self.next_req();
+        let since_ms = self.now_ms;
+        let slot = self.client_slot(channel);
+        slot.inflight.insert(
+            req,
+            Inflight {
+                publish: publish.clone(),
+                reply,
+                since_ms,
+            },
+        );
+
+        if let Some(master) = self.route(channel) {
+            let msg = ChannelMsg::Publish {
+                channel: channel.to_owned(),
+                req,
+                publish,
+            };
+            self.send(master, msg);
+        }
+    }
+
+    /// The master this node's ChannelClient should talk to now, remembered in the slot.
+    fn route(&mut self, channel: &str) -> Option<NodeId> {
+        let owner = self.ring.owner(channel).map(str::to_owned);
+        let slot = self.clients.get_mut(channel)?;
+        if slot.master != owner {
+            slot.master = owner.clone();
+            slot.subscribed = false;
+        }
+        owner
+    }
+
+    fn ensure_subscribed(&mut self, channel: &str) {
+        let Some(master) = self.route(channel) else {
+            return;
+        };
+        let slot = self.clients.get_mut(channel).expect("routed");
+        if slot.subscribed || !slot.wants_frames {
+            return;
+        }
+        let from = slot.last;
+        self.send(
+            master,
+            ChannelMsg::Subscribe {
+                channel: channel.to_owned(),
+                from,
+            },
+        );
+    }
+
+    pub(super) fn on_subscribed(
+        &mut self,
+        from: NodeId,
+        channel: &str,
+        position: Position,
+        missed: Vec<Entry>,
+        lost: bool,
+    ) {
+        let Some(slot) = self.clients.get_mut(channel) else {
+            return;
+        };
+        if slot.master.as_deref() != Some(from.as_str()) {
+            return;
+        }
+        if lost {
+            // TODO: tell attached connections of the gap (re-attach without RESUMED,
+            // with an error) once connection continuity is built; today they just
+            // continue from the master's position.
+            debug!(
+                channel.name = channel,
+                "history no longer covers what this node missed"
+            );
+        }
+        for entry in missed {
+            deliver_entry(slot, channel, entry);
+        }
+        if slot.last.is_none_or(|last| last < position) {
+            slot.last = Some(position);
+        }
+        slot.subscribed = true;
+
+        let position = slot.last.unwrap_or_default();
+        for (subscriber, attached) in std::mem::take(&mut slot.waiting) {
+            admit(slot, subscriber, attached, position);
+        }
+    }
+
+    pub(super) fn on_sequenced(
+        &mut self,
+        from: NodeId,
+        channel: &str,
+        position: Position,
+        frame: ProtocolMessage,
+    ) {
+        let Some(slot) = self.clients.get_mut(channel) else {
+            return;
+        };
+        if slot.master.as_deref() != Some(from.as_str()) || !slot.subscribed {
+            return;
+        }
+        if slot.last.is_some_and(|last| position <= last) {
+            return;
+        }
+        slot.last = Some(position);
+        slot.local.deliver(&frame);
+    }
+
+    pub(super) fn on_published(
+        &mut self,
+        req: u64,
+        result: Result<Vec<Option<String>>, ErrorInfo>,
+    ) {
+        let found = self.clients.iter_mut().find_map(|(name, slot)| {
+            slot.inflight
+                .remove(&req)
+                .map(|inflight| (name.clone(), inflight))
+        });
+        let Some((channel, inflight)) = found else {
+            return;
+        };
+        let _ = inflight.reply.send(result);
+        self.drop_client_if_idle(&channel);
+    }
+
+    /// The master we asked is not master (any more, or not yet). The view will settle;
+    /// the next tick resends.
+    pub(super) fn on_not_master(&mut self, from: NodeId, channel: &str) {
+        if let Some(slot) = self.clients.get_mut(channel) {
+            if slot.master.as_deref() == Some(from.as_str()) {
+                slot.master = None;
+                slot.subscribed = false;
+            }
+        }
+    }
+
+    /// After a view change or on a tick: every client whose master changed (or is
+    /// unknown) subscribes again from its last position and resends its publishes.
+    pub(super) fn reroute_clients(&mut self) {
+        let channels: Vec<String> = self.clients.keys().cloned().collect();
+        for channel in channels {
+            let before = self.clients[&channel].master.clone();
+            let Some(master) = self.route(&channel) else {
+                continue;
+            };
+            if before.as_ref() == Some(&master) {
+                continue;
+            }
+            self.ensure_subscribed(&channel);
+            let resends: Vec<(u64, Publish)> = self.clients[&channel]
+                .inflight
+                .iter()
+                .map(|(req, inflight)| (*req, inflight.publish.clone()))
+                .collect();
+            for (req, publish) in resends {
+                self.send(
+                    master.clone(),
+                    ChannelMsg::Publish {
+                        channel: channel.clone(),
+                        req,
+                        publish,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Refuses local publishes that waited too long for any master.
+    pub(super) fn expire_publishes(&mut self) {
+        let now = self.now_ms;
+        let error = AblyError::Timeout("no channel master acknowledged in time".into()).to_info();
+        for slot in self.clients.values_mut() {
+            let expired: Vec<u64> = slot
+                .inflight
+                .iter()
+                .filter(|(_, i)| now - i.since_ms > PUBLISH_TIMEOUT_MS)
+                .map(|(req, _)| *req)
+                .collect();
+            for req in expired {
+                let inflight = slot.inflight.remove(&req).expect("listed");
+                let _ = inflight.reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    pub fn local_occupancy(&self, channel: &str) -> crate::channel_client::Occupancy {
+        self.clients
+            .get(channel)
+            .map(|s| s.local.occupancy())
+            .unwrap_or_default()
+    }
+
+    fn client_slot(&mut self, channel: &str) -> &mut ClientSlot {
+        self.clients.entry(channel.to_owned()).or_default()
+    }
+
+    fn drop_client_if_idle(&mut self, channel: &str) {
+        let Some(slot) = self.clients.get_mut(channel) else {
+            return;
+        };
+        if !slot.local.is_empty() || !slot.waiting.is_empty() {
+            return;
+        }
+        if slot.wants_frames {
+            slot.wants_frames = false;
+            if let Some(master) = slot.master.clone() {
+                self.send(
+                    master,
+                    ChannelMsg::Unsubscribe {
+                        channel: channel.to_owned(),
+                    },
+                );
+            }
+        }
+        let slot = self.clients.get_mut(channel).expect("present");
+        slot.subscribed = false;
+        if slot.inflight.is_empty() {
+            self.clients.remove(channel);
+        }
+    }
+}
+
+/// Lets an attachment in: its ATTACHED frame first, then it receives frames.
+fn admit(
+    slot: &mut ClientSlot,
+    subscriber: Subscriber,
+    mut attached: ProtocolMessage,
+    position: Position,
+) {
+    attached.channel_serial = Some(position.to_string());
+    subscriber
+        .outbox
+        .send_frame(codec::encode(&attached, subscriber.outbox.format));
+    slot.local.attach(subscriber);
+}
+
+/// Delivers one replayed history entry as its own MESSAGE frame.
+fn deliver_entry(slot: &mut ClientSlot, channel: &str, entry: Entry) {
+    if slot.last.is_some_and(|last| entry.position <= last) {
+        return;
+    }
+    slot.last = Some(entry.position);
+    let frame = ProtocolMessage {
+        channel_serial: Some(entry.position.to_string()),
+        connection_id: entry.message.connection_id.clone(),
+        timestamp: entry.message.timestamp,
+        messages: Some(vec![entry.message]),
+        ..ProtocolMessage::for_channel(action::MESSAGE, channel)
+    };
+    slot.local.deliver(&frame);
+}

@@ -1,0 +1,573 @@
+//! The master side of the region state machine: sequencing, copies before the ACK,
+//! commit and broadcast, and taking over a channel from its previous holders.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use tracing::{debug, info, warn};
+
+use super::msg::ChannelMsg;
+use super::{NodeId, RegionState};
+use crate::channel_master::{ChannelMaster, Entry, HistoryQuery, Publish, Snapshot};
+use crate::position::Position;
+use crate::protocol::ProtocolMessage;
+
+/// A channel this node sequences.
+pub(super) struct MasterSlot {
+    pub core: ChannelMaster,
+    /// Nodes whose ChannelClient subscribed.
+    pub subscribers: BTreeSet<NodeId>,
+    /// Nodes that must hold a copy before a publish is acknowledged.
+    pub copies: Vec<NodeId>,
+    /// How far each copy holder has confirmed.
+    pub confirmed: HashMap<NodeId, Position>,
+    /// Sequenced publishes waiting for their copies, in sequence order.
+    pub pending: VecDeque<Uncommitted>,
+    /// The last position broadcast to subscribers.
+    pub committed: Position,
+}
+
+pub(super) struct Uncommitted {
+    upto: Position,
+    frame: Option<ProtocolMessage>,
+    serials: Vec<Option<String>>,
+    reply_to: NodeId,
+    req: u64,
+}
+
+/// A copy of a channel another node sequences, and the epoch of that master.
+pub(super) struct Replica {
+    pub core: ChannelMaster,
+    pub epoch: u32,
+}
+
+/// A channel this node is taking over: it asked every peer for its state and holds
+/// back requests until all have answered.
+pub(super) struct Acquire {
+    waiting: BTreeSet<NodeId>,
+    not_ready: BTreeSet<NodeId>,
+    best: Option<Snapshot>,
+    max_epoch: u32,
+    pub queued: Vec<(NodeId, ChannelMsg)>,
+}
+
+impl RegionState {
+    /// Handles a message addressed to the channel's master.
+    pub(super) fn on_master_msg(&mut self, from: NodeId, msg: ChannelMsg) {
+        let channel = master_channel(&msg).to_owned();
+        if !self.may_sequence(&channel) {
+            self.send(from, ChannelMsg::NotMaster { channel });
+            return;
+        }
+        if let Some(acquire) = self.acquiring.get_mut(&channel) {
+            acquire.queued.push((from, msg));
+            return;
+        }
+        if !self.masters.contains_key(&channel) {
+            self.begin_acquire(&channel);
+            self.acquiring
+                .get_mut(&channel)
+                .expect("just begun")
+                .queued
+                .push((from, msg));
+            self.finish_acquire_if_done(&channel);
+            return;
+        }
+
+        match msg {
+            ChannelMsg::Subscribe {
+                channel,
+                from: since,
+            } => self.subscribe(from, &channel, since),
+            ChannelMsg::Unsubscribe { channel } => {
+                if let Some(slot) = self.masters.get_mut(&channel) {
+                    slot.subscribers.remove(&from);
+                }
+            }
+            ChannelMsg::Publish {
+                channel,
+                req,
+                publish,
+            } => self.sequence(from, &channel, req, publish),
+            ChannelMsg::History {
+                channel,
+                req,
+                query,
+            } => self.read_history(from, &channel, req, &query),
+            other => warn!(?other, "not a master message"),
+        }
+    }
+
+    /// Whether this node may sequence `channel` now: it owns it on the ring of its
+    /// current view, and it sees a strict majority of the region's known members, so
+    /// at most one side of a partition can sequence.
+    pub(super) fn may_sequence(&self, channel: &str) -> bool {
+        self.has_quorum() && self.ring.owner(channel) == Some(self.me.as_str())
+    }
+
+    pub(super) fn has_quorum(&self) -> bool {
+        self.live.len() * 2 > self.known.max(self.live.len())
+    }
+
+    fn subscribe(&mut self, from: NodeId, channel: &str, since: Option<Position>) {
+        let slot = self.masters.get_mut(channel).expect("checked by caller");
+        slot.subscribers.insert(from.clone());
+
+        let position = slot.committed;
+        let (missed, lost) = match since {
+            None => (Vec::new(), false),
+            Some(since) => match slot.core.since(since) {
+                Some(entries) => (
+                    entries
+                        .into_iter()
+                        .filter(|e| e.position <= position)
+                        .collect(),
+                    false,
+                ),
+                None => (Vec::new(), true),
+            },
+        };
+        let channel = channel.to_owned();
+        self.send(
+            from,
+            ChannelMsg::Subscribed {
+                channel,
+                position,
+                missed,
+                lost,
+            },
+        );
+    }
+
+    fn sequence(&mut self, from: NodeId, channel: &str, req: u64, publish: Publish) {
+        let now = self.now_ms;
+        let slot = self.masters.get_mut(channel).expect("checked by caller");
+        let sequenced = slot.core.sequence(publish, now);
+
+        let Some(last) = sequenced.entries.last().map(|e| e.position) else {
+            // Every message was a duplicate: answer with the first serials at once.
+            let result = Ok(sequenced.serials);
+            self.send(from, ChannelMsg::Published { req, result });
+            return;
+        };
+
+        slot.pending.push_back(Uncommitted {
+            upto: last,
+            frame: sequenced.frame,
+            serials: sequenced.serials,
+            reply_to: from,
+            req,
+        });
+        let epoch = slot.core.epoch();
+        let copies = slot.copies.clone();
+        for copy in copies {
+            let entries = sequenced.entries.clone();
+            let msg = ChannelMsg::Replicate {
+                channel: channel.to_owned(),
+                epoch,
+                entries,
+                snapshot: None,
+            };
+            self.send(copy, msg);
+        }
+        self.commit_ready(channel);
+    }
+
+    /// Commits, in order, every publish that all copy holders confirmed: it is
+    /// broadcast to subscribers and acknowledged to its publisher.
+    pub(super) fn commit_ready(&mut self, channel: &str) {
+        let Some(slot) = self.masters.get_mut(channel) else {
+            return;
+        };
+        let mut committed = Vec::new();
+        while let Some(head) = slot.pending.front() {
+            let confirmed = slot
+                .copies
+                .iter()
+                .all(|c| slot.confirmed.get(c).is_some_and(|p| *p >= head.upto));
+            if !confirmed {
+                break;
+            }
+            let head = slot.pending.pop_front().expect("front exists");
+            slot.committed = head.upto;
+            committed.push(head);
+        }
+
+        let subscribers: Vec<NodeId> = slot.subscribers.iter().cloned().collect();
+        for done in committed {
+            if let Some(frame) = done.frame {
+                for node in &subscribers {
+                    let msg = ChannelMsg::Sequenced {
+                        channel: channel.to_owned(),
+                        position: done.upto,
+                        frame: frame.clone(),
+                    };
+                    self.send(node.clone(), msg);
+                }
+            }
+            self.send(
+                done.reply_to,
+                ChannelMsg::Published {
+                    req: done.req,
+                    result: Ok(done.serials),
+                },
+            );
+        }
+    }
+
+    fn read_history(&mut self, from: NodeId, channel: &str, req: u64, query: &HistoryQuery) {
+        let slot = self.masters.get(channel).expect("checked by caller");
+        let idle = slot.subscribers.is_empty() && slot.pending.is_empty() && slot.core.is_empty();
+        let mut query = query.clone();
+        // Uncommitted messages are not history yet: they may still be lost.
+        query.until = Some(
+            query
+                .until
+                .map_or(slot.committed, |u| u.min(slot.committed)),
+        );
+        let page = slot.core.history(&query);
+        self.send(
+            from,
+            ChannelMsg::HistoryPage {
+                req,
+                result: Ok(page),
+            },
+        );
+
+        // Reading must not keep a channel alive that has nothing in it.
+        if idle {
+            self.masters.remove(channel);
+        }
+    }
+
+    /// A copy holder confirmed entries up to `upto`.
+    pub(super) fn on_replicated(
+        &mut self,
+        from: NodeId,
+        channel: &str,
+        epoch: u32,
+        upto: Position,
+    ) {
+        let Some(slot) = self.masters.get_mut(channel) else {
+            return;
+        };
+        if slot.core.epoch() != epoch {
+            return;
+        }
+        let entry = slot.confirmed.entry(from).or_default();
+        *entry = (*entry).max(upto);
+        self.commit_ready(channel);
+    }
+
+    /// A copy holder knows a newer master: this node must stop sequencing.
+    pub(super) fn on_fenced(&mut self, channel: &str, epoch: u32) {
+        let stale = self
+            .masters
+            .get(channel)
+            .is_some_and(|s| s.core.epoch() < epoch);
+        if stale {
+            warn!(
+                channel.name = channel,
+                epoch, "fenced by a newer master; stepping down"
+            );
+            self.step_down(channel);
+        }
+    }
+
+    /// Stops sequencing `channel`. Its state is kept as a copy so a successor can
+    /// take it; publishes not yet committed are refused so their publishers resend
+    /// them to the successor, where their ids make the resend harmless.
+    pub(super) fn step_down(&mut self, channel: &str) {
+        let Some(slot) = self.masters.remove(channel) else {
+            return;
+        };
+        for pending in slot.pending {
+            self.send(
+                pending.reply_to,
+                ChannelMsg::NotMaster {
+                    channel: channel.to_owned(),
+                },
+            );
+        }
+        let epoch = slot.core.epoch();
+        self.replicas.insert(
+            channel.to_owned(),
+            Replica {
+                core: slot.core,
+                epoch,
+            },
+        );
+        debug!(channel.name = channel, "stepped down as master");
+    }
+
+    /// After a view change: step down from channels owned elsewhere now, and bring
+    /// new copy holders of the channels still owned up to date.
+    pub(super) fn rebalance_masters(&mut self) {
+        let channels: Vec<String> = self.masters.keys().cloned().collect();
+        let mut moved = 0;
+        for channel in channels {
+            if !self.may_sequence(&channel) {
+                self.step_down(&channel);
+                moved += 1;
+                continue;
+            }
+            self.refresh_copies(&channel);
+        }
+        if moved > 0 {
+            info!(
+                channels.moved = moved,
+                "channel masters moved away after a membership change"
+            );
+        }
+
+        let acquiring: Vec<String> = self.acquiring.keys().cloned().collect();
+        for channel in acquiring {
+            if !self.may_sequence(&channel) {
+                let acquire = self.acquiring.remove(&channel).expect("listed");
+                for (from, _) in acquire.queued {
+                    self.send(
+                        from,
+                        ChannelMsg::NotMaster {
+                            channel: channel.clone(),
+                        },
+                    );
+                }
+                continue;
+            }
+            let live = self.live.clone();
+            let acquire = self.acquiring.get_mut(&channel).expect("listed");
+            acquire.waiting.retain(|n| live.contains(n));
+            self.finish_acquire_if_done(&channel);
+        }
+    }
+
+    /// Recomputes the copy holders of a channel and sends new ones the full state.
+    pub(super) fn refresh_copies(&mut self, channel: &str) {
+        let wanted: Vec<NodeId> = self
+            .ring
+            .owners(channel, self.replication)
+            .into_iter()
+            .skip(1)
+            .collect();
+        let slot = self.masters.get_mut(channel).expect("caller checked");
+        if slot.copies == wanted {
+            return;
+        }
+        let new: Vec<NodeId> = wanted
+            .iter()
+            .filter(|n| !slot.copies.contains(n))
+            .cloned()
+            .collect();
+        slot.copies = wanted;
+        slot.confirmed.retain(|n, _| slot.copies.contains(n));
+        let epoch = slot.core.epoch();
+        let snapshot = slot.core.snapshot();
+        for node in new {
+            let msg = ChannelMsg::Replicate {
+                channel: channel.to_owned(),
+                epoch,
+                entries: Vec::new(),
+                snapshot: Some(snapshot.clone()),
+            };
+            self.send(node, msg);
+        }
+        self.commit_ready(channel);
+    }
+
+    fn begin_acquire(&mut self, channel: &str) {
+        let waiting: BTreeSet<NodeId> = self
+            .live
+            .iter()
+            .filter(|n| **n != self.me)
+            .cloned()
+            .collect();
+        let own = self.replicas.remove(channel);
+        let max_epoch = own.as_ref().map_or(0, |r| r.epoch);
+        let acquire = Acquire {
+            waiting: waiting.clone(),
+            not_ready: BTreeSet::new(),
+            best: own.map(|r| r.core.snapshot()),
+            max_epoch,
+            queued: Vec::new(),
+        };
+        self.acquiring.insert(channel.to_owned(), acquire);
+        for node in waiting {
+            self.send(
+                node,
+                ChannelMsg::StateRequest {
+                    channel: channel.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// Another node asks what this node holds of `channel` because it now owns it.
+    pub(super) fn on_state_request(&mut self, from: NodeId, channel: &str) {
+        let owner_agrees = self.ring.owner(channel) == Some(from.as_str());
+        let sequencing = self.masters.contains_key(channel) || self.acquiring.contains_key(channel);
+        if sequencing && !owner_agrees {
+            // Until this node's view agrees that `from` owns the channel, it keeps it.
+            let msg = ChannelMsg::StateReply {
+                channel: channel.to_owned(),
+                ready: false,
+                epoch: 0,
+                state: None,
+            };
+            self.send(from, msg);
+            return;
+        }
+        if self.masters.contains_key(channel) {
+            self.step_down(channel);
+        }
+
+        let held = self.replicas.get(channel);
+        let msg = ChannelMsg::StateReply {
+            channel: channel.to_owned(),
+            ready: true,
+            epoch: held.map_or(0, |r| r.epoch),
+            state: held.map(|r| r.core.snapshot()),
+        };
+        self.send(from, msg);
+    }
+
+    pub(super) fn on_state_reply(
+        &mut self,
+        from: NodeId,
+        channel: &str,
+        ready: bool,
+        epoch: u32,
+        state: Option<Snapshot>,
+    ) {
+        let Some(acquire) = self.acquiring.get_mut(channel) else {
+            return;
+        };
+        if !acquire.waiting.remove(&from) {
+            return;
+        }
+        if !ready {
+            acquire.not_ready.insert(from);
+            return;
+        }
+        acquire.max_epoch = acquire.max_epoch.max(epoch);
+        if let Some(state) = state {
+            if acquire.best.as_ref().is_none_or(|b| state.last > b.last) {
+                acquire.best = Some(state);
+            }
+        }
+        self.finish_acquire_if_done(channel);
+    }
+
+    /// Asks again the peers that were not ready (called on every tick).
+    pub(super) fn retry_acquires(&mut self) {
+        let mut asks = Vec::new();
+        for (channel, acquire) in &mut self.acquiring {
+            for node in std::mem::take(&mut acquire.not_ready) {
+                acquire.waiting.insert(node.clone());
+                asks.push((node, channel.clone()));
+            }
+        }
+        for (node, channel) in asks {
+            self.send(node, ChannelMsg::StateRequest { channel });
+        }
+    }
+
+    fn finish_acquire_if_done(&mut self, channel: &str) {
+        let done = self
+            .acquiring
+            .get(channel)
+            .is_some_and(|a| a.waiting.is_empty() && a.not_ready.is_empty());
+        if !done {
+            return;
+        }
+        let acquire = self.acquiring.remove(channel).expect("checked");
+        let epoch = acquire
+            .max_epoch
+            .max(acquire.best.as_ref().map_or(0, |b| b.last.epoch))
+            + 1;
+        let core = match acquire.best {
+            Some(state) => ChannelMaster::from_snapshot(channel, epoch, state, self.limits.clone()),
+            None => ChannelMaster::new(channel, epoch, self.limits.clone()),
+        };
+        let committed = core.position();
+        if epoch > 1 {
+            info!(channel.name = channel, epoch, "took over as channel master");
+        }
+        self.masters.insert(
+            channel.to_owned(),
+            MasterSlot {
+                core,
+                subscribers: BTreeSet::new(),
+                copies: Vec::new(),
+                confirmed: HashMap::new(),
+                pending: VecDeque::new(),
+                committed,
+            },
+        );
+        self.refresh_copies(channel);
+        for (from, msg) in acquire.queued {
+            self.on_master_msg(from, msg);
+        }
+    }
+
+    /// A copy holder receives entries or a full state from a master.
+    pub(super) fn on_replicate(
+        &mut self,
+        from: NodeId,
+        channel: &str,
+        epoch: u32,
+        entries: Vec<Entry>,
+        snapshot: Option<Snapshot>,
+    ) {
+        let held_epoch = self
+            .masters
+            .get(channel)
+            .map(|m| m.core.epoch())
+            .or_else(|| self.replicas.get(channel).map(|r| r.epoch));
+        if held_epoch.is_some_and(|held| held > epoch) {
+            let msg = ChannelMsg::Fenced {
+                channel: channel.to_owned(),
+                epoch: held_epoch.unwrap_or(0),
+            };
+            self.send(from, msg);
+            return;
+        }
+        if self.masters.contains_key(channel) {
+            // An equal or newer master exists elsewhere; this node's own mastership is
+            // stale (it will also be fenced by its copies).
+            self.step_down(channel);
+        }
+
+        let now = self.now_ms;
+        let limits = self.limits.clone();
+        let replica = self
+            .replicas
+            .entry(channel.to_owned())
+            .or_insert_with(|| Replica {
+                core: ChannelMaster::new(channel, epoch, limits),
+                epoch,
+            });
+        replica.epoch = epoch;
+        if let Some(snapshot) = snapshot {
+            replica.core.restore(snapshot);
+        }
+        replica.core.apply(entries, now);
+        let upto = replica.core.position();
+        self.send(
+            from,
+            ChannelMsg::Replicated {
+                channel: channel.to_owned(),
+                epoch,
+                upto,
+            },
+        );
+    }
+}
+
+fn master_channel(msg: &ChannelMsg) -> &str {
+    match msg {
+        ChannelMsg::Subscribe { channel, .. }
+        | ChannelMsg::Unsubscribe { channel }
+        | ChannelMsg::Publish { channel, .. }
+        | ChannelMsg::History { channel, .. } => channel,
+        _ => "",
+    }
+}

@@ -1,0 +1,521 @@
+//! Channels across a region: where each channel's master lives, how ChannelClients
+//! reach it, and how masters keep copies and hand channels over.
+//!
+//! [`RegionState`] holds every decision and does no I/O: it is fed local commands,
+//! messages from peers, membership views and clock ticks, and it answers with
+//! messages to send (`out`) and frames queued to local connections. [`Region`] is the
+//! one task per node that drives it, so the state needs no locks and every event is
+//! applied in a single order.
+
+mod client;
+mod master;
+pub mod msg;
+
+use std::collections::{BTreeSet, HashMap};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use client::ClientSlot;
+pub use client::PublishReply;
+use master::{Acquire, MasterSlot, Replica};
+use msg::ChannelMsg;
+
+use crate::channel_client::{Occupancy, Subscriber};
+use crate::channel_master::{HistoryPage, HistoryQuery, Publish};
+use crate::config::HistoryConfig;
+use crate::error::AblyError;
+use crate::mesh::{Mesh, MeshView};
+use crate::node::now_ms;
+use crate::protocol::{ErrorInfo, ProtocolMessage};
+use crate::ring::{Ring, DEFAULT_VNODES};
+
+pub type NodeId = String;
+
+/// How often the state machine retries what waits on others and expires what is old.
+const TICK_MS: u64 = 200;
+const HISTORY_TIMEOUT_MS: i64 = 10_000;
+
+pub type HistoryReply = oneshot::Sender<Result<HistoryPage, ErrorInfo>>;
+
+struct HistoryRequest {
+    channel: String,
+    query: HistoryQuery,
+    reply: HistoryReply,
+    since_ms: i64,
+    sent: bool,
+}
+
+pub struct RegionState {
+    me: NodeId,
+    replication: usize,
+    limits: HistoryConfig,
+    now_ms: i64,
+    live: BTreeSet<NodeId>,
+    known: usize,
+    /// Fewer live nodes than configured copies: publishes are acknowledged with fewer.
+    degraded: bool,
+    ring: Ring,
+    masters: HashMap<String, MasterSlot>,
+    replicas: HashMap<String, Replica>,
+    acquiring: HashMap<String, Acquire>,
+    clients: HashMap<String, ClientSlot>,
+    history: HashMap<u64, HistoryRequest>,
+    next_req: u64,
+    /// Messages to send, in order. Those addressed to this node are handled locally.
+    pub out: Vec<(NodeId, ChannelMsg)>,
+}
+
+impl RegionState {
+    pub fn new(me: &str, replication: usize, limits: HistoryConfig) -> Self {
+        let mut state = Self {
+            me: me.to_owned(),
+            replication: replication.max(1),
+            limits,
+            now_ms: now_ms(),
+            live: BTreeSet::new(),
+            known: 1,
+            degraded: false,
+            ring: Ring::new(DEFAULT_VNODES),
+            masters: HashMap::new(),
+            replicas: HashMap::new(),
+            acquiring: HashMap::new(),
+            clients: HashMap::new(),
+            history: HashMap::new(),
+            next_req: 1,
+            out: Vec::new(),
+        };
+        state.set_view([me.to_owned()].into_iter().collect(), 1);
+        state
+    }
+
+    /// Applies a new membership view: the ring is rebuilt over the live members,
+    /// masters that moved step down, clients whose master moved follow it.
+    pub fn set_view(&mut self, live: BTreeSet<NodeId>, known: usize) {
+        let degraded = live.len() < self.replication;
+        if degraded && !self.degraded {
+            warn!(
+                nodes.live = live.len(),
+                copies.wanted = self.replication,
+                "fewer live nodes than configured copies; acknowledging with the copies there are"
+            );
+        }
+        metrics::gauge!("starling_copies_degraded").set(if degraded { 1.0 } else { 0.0 });
+        self.degraded = degraded;
+        self.live = live;
+        self.known = known.max(1);
+        self.ring = Ring::with_nodes(&self.live, DEFAULT_VNODES);
+        self.rebalance_masters();
+        self.reroute_clients();
+    }
+
+    pub fn set_clock(&mut self, now_ms: i64) {
+        self.now_ms = now_ms;
+    }
+
+    /// Periodic work: retry what waits on others, expire what waited too long, and
+    /// forget channels with nothing left to keep.
+    pub fn tick(&mut self) {
+        self.retry_acquires();
+        self.reroute_clients();
+        self.expire_publishes();
+        self.retry_history();
+        self.sweep();
+    }
+
+    /// Handles one message from a peer (or from this node to itself).
+    pub fn on_msg(&mut self, from: NodeId, msg: ChannelMsg) {
+        match msg {
+            ChannelMsg::Subscribe { .. }
+            | ChannelMsg::Unsubscribe { .. }
+            | ChannelMsg::Publish { .. }
+            | ChannelMsg::History { .. } => self.on_master_msg(from, msg),
+            ChannelMsg::Subscribed {
+                channel,
+                position,
+                missed,
+                lost,
+            } => self.on_subscribed(from, &channel, position, missed, lost),
+            ChannelMsg::Sequenced {
+                channel,
+                position,
+                frame,
+            } => self.on_sequenced(from, &channel, position, frame),
+            ChannelMsg::Published { req, result } => self.on_published(req, result),
+            ChannelMsg::HistoryPage { req, result } => self.on_history_page(req, result),
+            ChannelMsg::NotMaster { channel } => {
+                self.on_not_master(from, &channel);
+                self.history
+                    .values_mut()
+                    .filter(|h| h.channel == channel)
+                    .for_each(|h| h.sent = false);
+            }
+            ChannelMsg::Replicate {
+                channel,
+                epoch,
+                entries,
+                snapshot,
+            } => self.on_replicate(from, &channel, epoch, entries, snapshot),
+            ChannelMsg::Replicated {
+                channel,
+                epoch,
+                upto,
+            } => self.on_replicated(from, &channel, epoch, upto),
+            ChannelMsg::Fenced { channel, epoch } => self.on_fenced(&channel, epoch),
+            ChannelMsg::StateRequest { channel } => self.on_state_request(from, &channel),
+            ChannelMsg::StateReply {
+                channel,
+                ready,
+                epoch,
+                state,
+            } => self.on_state_reply(from, &channel, ready, epoch, state),
+        }
+    }
+
+    /// Reads history through the channel's master, wherever it is.
+    pub fn history(&mut self, channel: &str, query: HistoryQuery, reply: HistoryReply) {
+        let req = self.next_req();
+        let request = HistoryRequest {
+            channel: channel.to_owned(),
+            query,
+            reply,
+            since_ms: self.now_ms,
+            sent: false,
+        };
+        self.history.insert(req, request);
+        self.retry_history();
+    }
+
+    fn retry_history(&mut self) {
+        let now = self.now_ms;
+        let expired: Vec<u64> = self
+            .history
+            .iter()
+            .filter(|(_, h)| now - h.since_ms > HISTORY_TIMEOUT_MS)
+            .map(|(r, _)| *r)
+            .collect();
+        for req in expired {
+            let request = self.history.remove(&req).expect("listed");
+            let error = AblyError::Timeout("the channel's master did not answer".into());
+            let _ = request.reply.send(Err(error.to_info()));
+        }
+
+        let mut sends = Vec::new();
+        for (req, request) in self.history.iter_mut().filter(|(_, h)| !h.sent) {
+            if let Some(owner) = self.ring.owner(&request.channel) {
+                request.sent = true;
+                let msg = ChannelMsg::History {
+                    channel: request.channel.clone(),
+                    req: *req,
+                    query: request.query.clone(),
+                };
+                sends.push((owner.to_owned(), msg));
+            }
+        }
+        for (to, msg) in sends {
+            self.send(to, msg);
+        }
+    }
+
+    fn on_history_page(&mut self, req: u64, result: Result<HistoryPage, ErrorInfo>) {
+        if let Some(request) = self.history.remove(&req) {
+            let _ = request.reply.send(result);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = self.now_ms;
+        for slot in self.masters.values_mut() {
+            slot.core.expire(now);
+        }
+        self.masters.retain(|_, s| {
+            !(s.subscribers.is_empty() && s.pending.is_empty() && s.core.is_empty())
+        });
+        for replica in self.replicas.values_mut() {
+            replica.core.expire(now);
+        }
+        self.replicas.retain(|_, r| !r.core.is_empty());
+    }
+
+    pub fn channel_count(&self) -> usize {
+        let mut names: BTreeSet<&String> = self.masters.keys().collect();
+        names.extend(self.clients.keys());
+        names.len()
+    }
+
+    pub fn masters_count(&self) -> usize {
+        self.masters.len()
+    }
+
+    fn send(&mut self, to: NodeId, msg: ChannelMsg) {
+        self.out.push((to, msg));
+    }
+
+    fn next_req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    /// Handles messages this node sent itself, until none are left, and returns what
+    /// must go to peers.
+    pub fn drain(&mut self) -> Vec<(NodeId, ChannelMsg)> {
+        let mut remote = Vec::new();
+        // Each round may produce more local messages; the loop ends because every
+        // local exchange is a bounded request/reply chain.
+        while !self.out.is_empty() {
+            let batch = std::mem::take(&mut self.out);
+            for (to, msg) in batch {
+                if to == self.me {
+                    let me = self.me.clone();
+                    self.on_msg(me, msg);
+                } else {
+                    remote.push((to, msg));
+                }
+            }
+        }
+        remote
+    }
+}
+
+/// A command from a connection or REST handler to the node's region task.
+pub enum Command {
+    Attach {
+        channel: String,
+        subscriber: Subscriber,
+        attached: ProtocolMessage,
+    },
+    Detach {
+        channel: String,
+        connection_id: String,
+    },
+    Publish {
+        channel: String,
+        publish: Publish,
+        reply: PublishReply,
+    },
+    History {
+        channel: String,
+        query: HistoryQuery,
+        reply: HistoryReply,
+    },
+    Occupancy {
+        channel: String,
+        reply: oneshot::Sender<Occupancy>,
+    },
+    Stats {
+        reply: oneshot::Sender<RegionStats>,
+    },
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RegionStats {
+    pub channels: usize,
+    pub masters: usize,
+    pub live_nodes: usize,
+    pub known_nodes: usize,
+    pub quorum: bool,
+}
+
+/// The handle connections and REST use to reach the region task.
+#[derive(Clone)]
+pub struct Region {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Region {
+    /// Starts the region task. Without a mesh, the node is a region of one.
+    pub fn start(
+        me: &str,
+        replication: usize,
+        limits: HistoryConfig,
+        mesh: Option<MeshLink>,
+    ) -> Region {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = RegionState::new(me, replication, limits);
+        tokio::spawn(run(state, rx, mesh));
+        Region { tx }
+    }
+
+    pub fn attach(&self, channel: &str, subscriber: Subscriber, attached: ProtocolMessage) {
+        let _ = self.tx.send(Command::Attach {
+            channel: channel.to_owned(),
+            subscriber,
+            attached,
+        });
+    }
+
+    pub fn detach(&self, channel: &str, connection_id: &str) {
+        let _ = self.tx.send(Command::Detach {
+            channel: channel.to_owned(),
+            connection_id: connection_id.to_owned(),
+        });
+    }
+
+    pub fn publish(
+        &self,
+        channel: &str,
+        publish: Publish,
+    ) -> oneshot::Receiver<Result<Vec<Option<String>>, ErrorInfo>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Publish {
+            channel: channel.to_owned(),
+            publish,
+            reply,
+        });
+        rx
+    }
+
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ErrorInfo> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::History {
+            channel: channel.to_owned(),
+            query,
+            reply,
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(AblyError::Internal("region task ended".into()).to_info()))
+    }
+
+    pub async fn occupancy(&self, channel: &str) -> Occupancy {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Occupancy {
+            channel: channel.to_owned(),
+            reply,
+        });
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn stats(&self) -> RegionStats {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Stats { reply });
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// The region task's connection to the mesh.
+pub struct MeshLink {
+    pub mesh: Mesh,
+    pub inbound: mpsc::UnboundedReceiver<(NodeId, ChannelMsg)>,
+}
+
+async fn run(
+    mut state: RegionState,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mesh: Option<MeshLink>,
+) {
+    let (mesh, mut inbound, mut views) = match mesh {
+        Some(link) => {
+            let views = link.mesh.watch();
+            (Some(link.mesh), Some(link.inbound), Some(views))
+        }
+        None => (None, None, None),
+    };
+    if let Some(views) = &mut views {
+        apply_view(&mut state, &views.borrow_and_update());
+    }
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(TICK_MS));
+
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                state.set_clock(now_ms());
+                handle_command(&mut state, command);
+            }
+            Some((from, msg)) = recv_inbound(&mut inbound) => {
+                state.set_clock(now_ms());
+                state.on_msg(from, msg);
+            }
+            Ok(()) = changed(&mut views) => {
+                state.set_clock(now_ms());
+                let view = views.as_mut().expect("changed implies a watch").borrow_and_update().clone();
+                apply_view(&mut state, &view);
+            }
+            _ = ticker.tick() => {
+                state.set_clock(now_ms());
+                state.tick();
+            }
+        }
+
+        for (to, msg) in state.drain() {
+            match &mesh {
+                Some(mesh) => {
+                    if !mesh.send(&to, msg) {
+                        debug!(peer.id = %to, "no link to peer; message dropped");
+                    }
+                }
+                None => debug!(peer.id = %to, "no mesh; message dropped"),
+            }
+        }
+    }
+}
+
+fn apply_view(state: &mut RegionState, view: &MeshView) {
+    let live: BTreeSet<NodeId> = view.live.keys().cloned().collect();
+    info!(
+        nodes.live = live.len(),
+        nodes.known = view.known,
+        version = view.version,
+        "region view changed"
+    );
+    state.set_view(live, view.known);
+}
+
+async fn recv_inbound(
+    inbound: &mut Option<mpsc::UnboundedReceiver<(NodeId, ChannelMsg)>>,
+) -> Option<(NodeId, ChannelMsg)> {
+    match inbound {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn changed(
+    views: &mut Option<watch::Receiver<MeshView>>,
+) -> Result<(), watch::error::RecvError> {
+    match views {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn handle_command(state: &mut RegionState, command: Command) {
+    match command {
+        Command::Attach {
+            channel,
+            subscriber,
+            attached,
+        } => state.attach(&channel, subscriber, attached),
+        Command::Detach {
+            channel,
+            connection_id,
+        } => state.detach(&channel, &connection_id),
+        Command::Publish {
+            channel,
+            publish,
+            reply,
+        } => state.publish(&channel, publish, reply),
+        Command::History {
+            channel,
+            query,
+            reply,
+        } => state.history(&channel, query, reply),
+        Command::Occupancy { channel, reply } => {
+            let _ = reply.send(state.local_occupancy(&channel));
+        }
+        Command::Stats { reply } => {
+            let stats = RegionStats {
+                channels: state.channel_count(),
+                masters: state.masters_count(),
+                live_nodes: state.live.len(),
+                known_nodes: state.known,
+                quorum: state.has_quorum(),
+            };
+            let _ = reply.send(stats);
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! What ChannelClients, ChannelMasters and copy holders say to each other over the
+//! mesh. A message to the node itself takes the same path without touching a socket.
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel_master::{Entry, HistoryPage, HistoryQuery, Publish, Snapshot};
+use crate::position::Position;
+use crate::protocol::{ErrorInfo, ProtocolMessage};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ChannelMsg {
+    /// Client → master: send me this channel's frames, and what I missed after `from`.
+    Subscribe {
+        channel: String,
+        from: Option<Position>,
+    },
+    /// Client → master: this node has no attachments left.
+    Unsubscribe { channel: String },
+    /// Client → master: sequence this publish.
+    Publish {
+        channel: String,
+        req: u64,
+        publish: Publish,
+    },
+    /// Any node → master: read history.
+    History {
+        channel: String,
+        req: u64,
+        query: HistoryQuery,
+    },
+
+    /// Master → client: subscribed at `position`; `missed` holds what came after the
+    /// requested position, or `lost` says retention no longer reaches back that far.
+    Subscribed {
+        channel: String,
+        position: Position,
+        missed: Vec<Entry>,
+        lost: bool,
+    },
+    /// Master → subscribed clients: a committed frame, the last position it holds.
+    Sequenced {
+        channel: String,
+        position: Position,
+        frame: ProtocolMessage,
+    },
+    /// Master → publisher's node: the outcome of a publish.
+    Published {
+        req: u64,
+        result: Result<Vec<Option<String>>, ErrorInfo>,
+    },
+    HistoryPage {
+        req: u64,
+        result: Result<HistoryPage, ErrorInfo>,
+    },
+    /// The receiver is not (yet) this channel's master in the sender's view; retry.
+    NotMaster { channel: String },
+
+    /// Master → copy holder: new entries, or the whole state when `snapshot` is set.
+    Replicate {
+        channel: String,
+        epoch: u32,
+        entries: Vec<Entry>,
+        snapshot: Option<Snapshot>,
+    },
+    /// Copy holder → master: I hold everything up to `upto`.
+    Replicated {
+        channel: String,
+        epoch: u32,
+        upto: Position,
+    },
+    /// Copy holder → master: a master with a higher epoch exists; stop sequencing.
+    Fenced { channel: String, epoch: u32 },
+
+    /// New master → every peer: what do you hold of this channel?
+    StateRequest { channel: String },
+    /// Reply: `ready` is false while the peer still sequences the channel itself (its
+    /// view has not caught up yet); the asker tries again.
+    StateReply {
+        channel: String,
+        ready: bool,
+        epoch: u32,
+        state: Option<Snapshot>,
+    },
+}
