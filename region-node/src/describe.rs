@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::apps::App;
 use crate::data_dir::atomic_write;
 use crate::node::Node;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Describe {
     pub admin_token: String,
     pub apps: Vec<DescribedApp>,
@@ -18,19 +18,19 @@ pub struct Describe {
     pub regions: Vec<DescribedRegion>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DescribedApp {
     pub id: String,
     pub keys: Vec<DescribedKey>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DescribedKey {
     pub key: String,
     pub capability: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DescribedGlobalMaster {
     pub id: String,
     pub pid: u32,
@@ -39,14 +39,14 @@ pub struct DescribedGlobalMaster {
     pub argv: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DescribedRegion {
     pub name: String,
     pub entry: String,
     pub nodes: Vec<DescribedNode>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DescribedNode {
     pub id: String,
     pub pid: u32,

@@ -48,3 +48,12 @@ pub async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
 pub async fn live() -> (StatusCode, Json<Value>) {
     (StatusCode::OK, Json(json!({"status": "live"})))
 }
+
+/// `GET /health/placement/{channel}`: which nodes master and copy a channel in this
+/// node's view. An operator's (and a failover test's) way to find a channel's master.
+pub async fn placement(
+    State(node): State<Arc<Node>>,
+    axum::extract::Path(channel): axum::extract::Path<String>,
+) -> Json<Value> {
+    Json(serde_json::to_value(node.region.placement(&channel).await).unwrap_or_default())
+}

@@ -14,6 +14,7 @@ pub mod data_dir;
 pub mod describe;
 pub mod error;
 pub mod health;
+pub mod launcher;
 pub mod mesh;
 pub mod node;
 pub mod outbox;

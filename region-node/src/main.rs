@@ -1,17 +1,29 @@
 //! `region-node`: with no arguments, a one-node region named `local` on
-//! 127.0.0.1:8080 with a default app.
+//! 127.0.0.1:8080 with a default app. Subcommands manage the cluster CA and start a
+//! local development region.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use starling_node::config::{self, LogFormat};
+use starling_node::{launcher, tls};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(name = "region-node", version, about = "Starling region node")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -29,17 +41,71 @@ struct Cli {
     log_format: Option<String>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Manage the cluster certificate authority.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Start a whole region of nodes on loopback, with an entry balancer.
+    Dev(launcher::DevArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCmd {
+    /// Create a cluster CA (`ca.pem`, `ca.key`) in a directory.
+    Create {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a node (or operator) certificate under the CA.
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node id (or `operator`); the certificate's name.
+        #[arg(long)]
+        name: String,
+        /// Where to write `<name>.pem` and `<name>.key` (default: the CA directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let loaded = config::load(cli.config.as_deref())?;
+    match cli.command {
+        None => run_node(cli.run),
+        Some(Cmd::Ca(CaCmd::Create { dir })) => {
+            tls::create_ca(&dir)?;
+            println!("created cluster CA in {}", dir.display());
+            Ok(())
+        }
+        Some(Cmd::Ca(CaCmd::Issue { dir, name, out })) => {
+            let files = tls::issue(&dir, &name, out.as_deref().unwrap_or(&dir))?;
+            println!(
+                "issued {} and {}",
+                files.cert.display(),
+                files.key.display()
+            );
+            Ok(())
+        }
+        Some(Cmd::Dev(args)) => {
+            init_tracing(&config::LogConfig::default());
+            runtime()?.block_on(launcher::run(args, shutdown_signal()))
+        }
+    }
+}
+
+fn run_node(args: RunArgs) -> anyhow::Result<()> {
+    let loaded = config::load(args.config.as_deref())?;
     let mut config = loaded.config;
-    if let Some(addr) = cli.listen {
+    if let Some(addr) = args.listen {
         config.listen.client = addr;
     }
-    if let Some(dir) = cli.data_dir {
+    if let Some(dir) = args.data_dir {
         config.node.data_dir = dir;
     }
-    if let Some(format) = cli.log_format {
+    if let Some(format) = args.log_format {
         config.log.format = match format.as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
@@ -51,13 +117,15 @@ fn main() -> anyhow::Result<()> {
     for warning in loaded.warnings {
         tracing::warn!("{warning}");
     }
-
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(starling_node::server::serve(
+    runtime()?.block_on(starling_node::server::serve(
         config,
-        cli.describe,
+        args.describe,
         shutdown_signal(),
     ))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the runtime")
 }
 
 fn init_tracing(log: &config::LogConfig) {
@@ -71,6 +139,8 @@ fn init_tracing(log: &config::LogConfig) {
     }
 }
 
+/// Resolves on Ctrl-C, SIGTERM, or (for children of `region-node dev`) when the
+/// launcher that started this process is gone.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -78,5 +148,22 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
+        _ = parent_gone() => tracing::info!("launcher is gone; stopping"),
+    }
+}
+
+/// With `STARLING_EXIT_WITH_PARENT` set, resolves once this process is re-parented,
+/// which is what happens when its parent dies, however it dies.
+async fn parent_gone() {
+    if std::env::var_os("STARLING_EXIT_WITH_PARENT").is_none() {
+        return std::future::pending().await;
+    }
+    let parent = std::os::unix::process::parent_id();
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        ticker.tick().await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
     }
 }

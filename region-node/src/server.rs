@@ -95,6 +95,7 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
         .route("/", get(ws::upgrade))
         .route("/health", get(health::ready))
         .route("/health/live", get(health::live))
+        .route("/health/placement/{channel}", get(health::placement))
         .route(
             "/metrics",
             get(move || std::future::ready(metrics.render())),

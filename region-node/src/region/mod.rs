@@ -305,6 +305,20 @@ pub enum Command {
     Stats {
         reply: oneshot::Sender<RegionStats>,
     },
+    Placement {
+        channel: String,
+        reply: oneshot::Sender<Placement>,
+    },
+}
+
+/// Where a channel lives in this node's current view.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Placement {
+    pub channel: String,
+    /// The master first, then the copy holders.
+    pub owners: Vec<NodeId>,
+    /// The epoch this node sequences the channel under, when it is the master.
+    pub epoch: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -383,6 +397,15 @@ impl Region {
     pub async fn occupancy(&self, channel: &str) -> Occupancy {
         let (reply, rx) = oneshot::channel();
         let _ = self.tx.send(Command::Occupancy {
+            channel: channel.to_owned(),
+            reply,
+        });
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn placement(&self, channel: &str) -> Placement {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Placement {
             channel: channel.to_owned(),
             reply,
         });
@@ -506,6 +529,14 @@ fn handle_command(state: &mut RegionState, command: Command) {
         } => state.history(&channel, query, reply),
         Command::Occupancy { channel, reply } => {
             let _ = reply.send(state.local_occupancy(&channel));
+        }
+        Command::Placement { channel, reply } => {
+            let placement = Placement {
+                owners: state.ring.owners(&channel, state.replication),
+                epoch: state.masters.get(&channel).map(|m| m.core.epoch()),
+                channel,
+            };
+            let _ = reply.send(placement);
         }
         Command::Stats { reply } => {
             let stats = RegionStats {
