@@ -54,6 +54,10 @@ pub enum AblyError {
     Internal(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("this node cannot reach a majority of its region; try another node")]
+    NoQuorum,
+    #[error("this node is shutting down; reconnect to another node")]
+    Draining,
     /// An error another node already mapped, passed on unchanged.
     #[error("{}", .0.message)]
     Remote(ErrorInfo),
@@ -85,6 +89,7 @@ impl AblyError {
             ChannelNotAttached(_) => (90001, 400),
             Internal(_) => (50000, 500),
             Timeout(_) => (50003, 503),
+            NoQuorum | Draining => (50003, 503),
             Remote(info) => (info.code, u16::try_from(info.status_code).unwrap_or(500)),
         }
     }

@@ -64,6 +64,17 @@ impl Connections {
     }
 }
 
+impl Connections {
+    /// Sends every connection away with DISCONNECTED, returning how many there were.
+    pub fn disconnect_all(&self, error: &ErrorInfo) -> usize {
+        let live = self.live.read();
+        for outbox in live.values() {
+            outbox.disconnect(error.clone());
+        }
+        live.len()
+    }
+}
+
 /// Milliseconds since the Unix epoch, the protocol's timestamp unit.
 pub fn now_ms() -> i64 {
     SystemTime::now()

@@ -17,8 +17,11 @@ use crate::protocol::{Encoded, ErrorInfo, Format};
 pub enum Outgoing {
     /// Write this frame.
     Frame(Encoded),
-    /// Send a connection-level ERROR with this error, then close.
+    /// Send a connection-level ERROR with this error, then close: the client fails.
     Fail(ErrorInfo),
+    /// Send DISCONNECTED with this error, then close: the client reconnects,
+    /// elsewhere if it can.
+    Disconnect(ErrorInfo),
 }
 
 /// The sending half of a connection's queue, shared by every channel it is attached
@@ -80,6 +83,12 @@ impl Outbox {
     /// Asks the connection to fail with `error` (for example, its app was deleted).
     pub fn fail(&self, error: ErrorInfo) {
         let _ = self.tx.send(Outgoing::Fail(error));
+    }
+
+    /// Asks the connection to go away and come back (for example, this node lost its
+    /// region's quorum, or is shutting down).
+    pub fn disconnect(&self, error: ErrorInfo) {
+        let _ = self.tx.send(Outgoing::Disconnect(error));
     }
 
     pub fn is_closed(&self) -> bool {

@@ -11,12 +11,13 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::apps::AppRegistry;
 use crate::config::Config;
 use crate::connection_key::KeySigner;
 use crate::data_dir::DataDir;
+use crate::error::AblyError;
 use crate::mesh::{MemberInfo, Mesh, MeshSettings};
 use crate::node::{now_ms, Connections, Node};
 use crate::region::{MeshLink, Region};
@@ -121,6 +122,7 @@ pub async fn serve(
     let node = build_node(config, client_addr).await?;
 
     spawn_stats(node.clone());
+    spawn_quorum_guard(node.clone());
     if let Some(path) = &describe_path {
         let mesh_addr = node.mesh.as_ref().map(|m| m.local_addr());
         let described = describe::single_node(&node, client_addr, mesh_addr);
@@ -145,6 +147,25 @@ pub async fn serve(
     }
     info!("region node stopped");
     Ok(())
+}
+
+/// A node that cannot see a majority of its region must not serve its clients from
+/// a possibly stale view: it sends them DISCONNECTED so they reconnect elsewhere.
+fn spawn_quorum_guard(node: Arc<Node>) {
+    let mut quorum = node.region.quorum();
+    tokio::spawn(async move {
+        while quorum.changed().await.is_ok() {
+            if !*quorum.borrow_and_update() {
+                let sent = node
+                    .connections
+                    .disconnect_all(&AblyError::NoQuorum.to_info());
+                warn!(
+                    connections = sent,
+                    "lost the region's quorum; clients sent away"
+                );
+            }
+        }
+    });
 }
 
 fn spawn_stats(node: Arc<Node>) {

@@ -23,7 +23,9 @@ use crate::data_dir::random_string;
 use crate::error::AblyError;
 use crate::node::{now_ms, Node};
 use crate::outbox::{self, Inbox, Outgoing};
-use crate::protocol::{action, codec, ConnectionDetails, Encoded, Format, ProtocolMessage};
+use crate::protocol::{
+    action, codec, ConnectionDetails, Encoded, ErrorInfo, Format, ProtocolMessage,
+};
 
 /// Largest number of queued frames written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -88,6 +90,19 @@ async fn serve(mut socket: WebSocket, query: Option<String>, node: Arc<Node>) {
             return;
         }
     };
+
+    // A node cut off from its region's majority sends clients elsewhere (DISCONNECTED
+    // is retriable, unlike ERROR).
+    if !*node.region.quorum().borrow() {
+        let _ = last_word(
+            &mut socket,
+            action::DISCONNECTED,
+            AblyError::NoQuorum.to_info(),
+            params.format,
+        )
+        .await;
+        return;
+    }
 
     let connection_id: Arc<str> = random_string(12).into();
     let span = debug_span!("connection", connection.id = %connection_id, app.id = %identity.app.id);
@@ -273,15 +288,9 @@ async fn write_queued(
     while let Some(item) = next.take() {
         match item {
             Outgoing::Frame(frame) => socket.feed(to_ws(frame)).await?,
-            Outgoing::Fail(error) => {
-                let pm = ProtocolMessage {
-                    error: Some(error),
-                    ..ProtocolMessage::new(action::ERROR)
-                };
-                socket.feed(to_ws(codec::encode(&pm, format))).await?;
-                socket.flush().await?;
-                let _ = socket.close().await;
-                return Err(axum::Error::new(AblyError::SlowConsumer));
+            Outgoing::Fail(error) => return last_word(socket, action::ERROR, error, format).await,
+            Outgoing::Disconnect(error) => {
+                return last_word(socket, action::DISCONNECTED, error, format).await;
             }
         }
         written += 1;
@@ -291,6 +300,25 @@ async fn write_queued(
     }
     metrics::counter!("starling_frames_out").increment(written as u64);
     socket.flush().await
+}
+
+/// Sends a final ERROR or DISCONNECTED and closes; the connection task then ends.
+async fn last_word(
+    socket: &mut WebSocket,
+    action: i64,
+    error: ErrorInfo,
+    format: Format,
+) -> Result<(), axum::Error> {
+    let pm = ProtocolMessage {
+        error: Some(error),
+        ..ProtocolMessage::new(action)
+    };
+    socket.feed(to_ws(codec::encode(&pm, format))).await?;
+    socket.flush().await?;
+    let _ = socket.close().await;
+    Err(axum::Error::new(AblyError::Internal(
+        "connection ended by the node".into(),
+    )))
 }
 
 async fn keep_alive(socket: &mut WebSocket, params: &ConnectParams) -> Result<(), axum::Error> {

@@ -71,6 +71,11 @@ impl RegionState {
     }
 
     pub fn publish(&mut self, channel: &str, publish: Publish, reply: PublishReply) {
+        // Without a majority no master can be trusted; the client should go elsewhere.
+        if !self.has_quorum() {
+            let _ = reply.send(Err(AblyError::NoQuorum.to_info()));
+            return;
+        }
         let req = self.next_req();
         let since_ms = self.now_ms;
         let slot = self.client_slot(channel);

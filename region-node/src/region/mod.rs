@@ -334,6 +334,7 @@ pub struct RegionStats {
 #[derive(Clone)]
 pub struct Region {
     tx: mpsc::UnboundedSender<Command>,
+    quorum: watch::Receiver<bool>,
 }
 
 impl Region {
@@ -346,8 +347,14 @@ impl Region {
     ) -> Region {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = RegionState::new(me, replication, limits);
-        tokio::spawn(run(state, rx, mesh));
-        Region { tx }
+        let (quorum_tx, quorum) = watch::channel(true);
+        tokio::spawn(run(state, rx, mesh, quorum_tx));
+        Region { tx, quorum }
+    }
+
+    /// Watches whether this node sees a majority of its region (and so may serve).
+    pub fn quorum(&self) -> watch::Receiver<bool> {
+        self.quorum.clone()
     }
 
     pub fn attach(&self, channel: &str, subscriber: Subscriber, attached: ProtocolMessage) {
@@ -429,6 +436,7 @@ async fn run(
     mut state: RegionState,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mesh: Option<MeshLink>,
+    quorum: watch::Sender<bool>,
 ) {
     let (mesh, mut inbound, mut views) = match mesh {
         Some(link) => {
@@ -457,6 +465,7 @@ async fn run(
                 state.set_clock(now_ms());
                 let view = views.as_mut().expect("changed implies a watch").borrow_and_update().clone();
                 apply_view(&mut state, &view);
+                quorum.send_if_modified(|q| std::mem::replace(q, state.has_quorum()) != *q);
             }
             _ = ticker.tick() => {
                 state.set_clock(now_ms());
