@@ -71,6 +71,9 @@ pub struct NewKey {
 #[derive(Default)]
 struct Tables {
     apps: HashMap<String, Arc<App>>,
+    /// App ids in the order they were declared or created: the first is the node's
+    /// default app, the one its banner and describe file show first.
+    order: Vec<String>,
     keys: HashMap<String, (Arc<App>, Arc<Key>)>,
 }
 
@@ -124,9 +127,12 @@ impl AppRegistry {
     }
 
     pub fn list(&self) -> Vec<Arc<App>> {
-        let mut apps: Vec<_> = self.tables.read().apps.values().cloned().collect();
-        apps.sort_by(|a, b| a.id.cmp(&b.id));
-        apps
+        let tables = self.tables.read();
+        tables
+            .order
+            .iter()
+            .filter_map(|id| tables.apps.get(id).cloned())
+            .collect()
     }
 
     /// Creates an app with fresh ids and secrets and stores it before returning.
@@ -168,6 +174,7 @@ impl AppRegistry {
                 Some(_) => {}
             }
             tables.keys.retain(|_, (app, _)| app.id != id);
+            tables.order.retain(|known| known != id);
             tables.apps.remove(id).expect("checked above")
         };
         self.write_store()
@@ -183,7 +190,9 @@ impl AppRegistry {
                 .keys
                 .insert(key.name.clone(), (app.clone(), key.clone()));
         }
-        tables.apps.insert(app.id.clone(), app.clone());
+        if tables.apps.insert(app.id.clone(), app.clone()).is_none() {
+            tables.order.push(app.id.clone());
+        }
         app
     }
 
@@ -270,6 +279,11 @@ mod tests {
 
         let reopened = AppRegistry::open(&[], store).unwrap();
         assert_eq!(reopened.list().len(), 2, "default app plus the created one");
+        assert_eq!(
+            reopened.list()[0].id,
+            default.id,
+            "the default app stays first"
+        );
         let (found, key) = reopened.authenticate(&key_str).unwrap();
         assert_eq!(found.id, app.id);
         assert!(key.capability.allows("a", "publish"));

@@ -95,7 +95,7 @@ pub struct ChannelMaster {
 
 impl ChannelMaster {
     /// A master starting a channel under `epoch`, with nothing sequenced yet.
-    pub fn new(name: &str, epoch: u32, limits: HistoryConfig) -> Self {
+    pub fn new(name: &str, epoch: u64, limits: HistoryConfig) -> Self {
         Self {
             name: name.to_owned(),
             last: Position::new(epoch, 0),
@@ -113,7 +113,7 @@ impl ChannelMaster {
         self.last
     }
 
-    pub fn epoch(&self) -> u32 {
+    pub fn epoch(&self) -> u64 {
         self.last.epoch
     }
 
@@ -121,7 +121,7 @@ impl ChannelMaster {
     /// under a new, higher epoch so every position it gives sorts after the old ones.
     pub fn from_snapshot(
         name: &str,
-        epoch: u32,
+        epoch: u64,
         snapshot: Snapshot,
         limits: HistoryConfig,
     ) -> Self {
@@ -199,6 +199,23 @@ impl ChannelMaster {
                 })
                 .collect(),
         )
+    }
+
+    /// Nothing happened within the retention windows: the newest message is older than
+    /// the history age and every remembered id has expired. An idle channel with no
+    /// attachments is forgotten whole, however many messages `min_messages` kept.
+    pub fn is_idle(&self, now_ms: i64) -> bool {
+        let max_age = self.limits.max_age_ms as i64;
+        let window = self.limits.dedup_window_ms as i64;
+        let quiet = self
+            .history
+            .back()
+            .is_none_or(|s| now_ms - s.message.timestamp.unwrap_or(0) > max_age);
+        let forgotten = self
+            .seen_order
+            .back()
+            .is_none_or(|(at, _)| now_ms - at > window);
+        quiet && forgotten
     }
 
     /// Nothing left to keep: no history and no remembered ids.
@@ -461,7 +478,7 @@ mod tests {
         let next = new.sequence(publish(&["c"], "conn:1"), 12);
         let serial = next.serials[0].clone().unwrap();
         assert!(serial > first.serials[1].clone().unwrap());
-        assert!(serial.starts_with("00000002-"));
+        assert!(serial.starts_with("000000000002-"));
 
         let missed = new.since(first.entries[0].position).unwrap();
         let names: Vec<_> = missed

@@ -102,6 +102,9 @@ pub struct ConnectionConfig {
 pub struct LimitsConfig {
     /// Largest message (name, clientId, data and extras), and the sum over one publish.
     pub max_message_size: usize,
+    /// Most messages one publish may hold: each costs an id, a serial and an ACK entry
+    /// whatever its size.
+    pub max_messages_per_publish: usize,
     /// Largest WebSocket frame or REST body accepted.
     pub max_frame_size: usize,
     /// Bytes queued towards one connection before it is cut off as a slow consumer.
@@ -220,6 +223,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_message_size: 64 * 1024,
+            max_messages_per_publish: 1_000,
             max_frame_size: 512 * 1024,
             max_connection_queue_bytes: 8 * 1024 * 1024,
         }
@@ -293,10 +297,15 @@ pub fn load_with_env(file: Option<&Path>, env: &[(String, String)]) -> Result<Lo
     }
 
     let (overrides, warnings) = split_env(env, &defaults);
-    for (path, value) in overrides {
-        // Values are read the way figment reads environment variables: as TOML-ish
-        // literals, so numbers and booleans keep their types.
-        let value: figment::value::Value = value.parse().expect("parsing a value is infallible");
+    for (path, value, textual) in overrides {
+        // Text keys take the value as written (an all-digit token is still text);
+        // others are read the way figment reads environment variables, so numbers,
+        // booleans and lists keep their types.
+        let value: figment::value::Value = if textual {
+            value.into()
+        } else {
+            value.parse().expect("parsing a value is infallible")
+        };
         figment = figment.merge(Serialized::default(&path, value));
     }
 
@@ -306,8 +315,12 @@ pub fn load_with_env(file: Option<&Path>, env: &[(String, String)]) -> Result<Lo
 }
 
 /// Separates `STARLING_*` variables that name a configuration key from those that
-/// don't, returning the known ones as (`section.key`, value) and a warning per unknown one.
-fn split_env(env: &[(String, String)], defaults: &Config) -> (Vec<(String, String)>, Vec<String>) {
+/// don't: the known ones as (`section.key`, value, whether the key holds text), and a
+/// warning per unknown one.
+fn split_env(
+    env: &[(String, String)],
+    defaults: &Config,
+) -> (Vec<(String, String, bool)>, Vec<String>) {
     let keys = known_keys(defaults);
     let mut known = Vec::new();
     let mut warnings = Vec::new();
@@ -317,23 +330,28 @@ fn split_env(env: &[(String, String)], defaults: &Config) -> (Vec<(String, Strin
             continue;
         };
         let path = rest.to_ascii_lowercase().replace("__", ".");
-        if keys.contains(&path) {
-            known.push((path, value.clone()));
-        } else {
-            warnings.push(format!("ignoring unknown environment variable {name}"));
+        match keys.iter().find(|(key, _)| *key == path) {
+            Some((_, textual)) => known.push((path, value.clone(), *textual)),
+            None => warnings.push(format!("ignoring unknown environment variable {name}")),
         }
     }
     (known, warnings)
 }
 
-/// Every `section.key` path, read off the serialised defaults so it can't drift.
-fn known_keys(defaults: &Config) -> Vec<String> {
+/// Every `section.key` path and whether it holds text (a string, or an optional value
+/// that is unset by default: paths, addresses, secrets), read off the serialised
+/// defaults so the list can't drift from the structs.
+fn known_keys(defaults: &Config) -> Vec<(String, bool)> {
     let value = serde_json::to_value(defaults).expect("config serialises");
     let mut keys = Vec::new();
     if let serde_json::Value::Object(sections) = value {
         for (section, body) in sections {
             if let serde_json::Value::Object(fields) = body {
-                keys.extend(fields.keys().map(|k| format!("{section}.{k}")));
+                keys.extend(
+                    fields
+                        .into_iter()
+                        .map(|(k, v)| (format!("{section}.{k}"), v.is_string() || v.is_null())),
+                );
             }
         }
     }
@@ -411,6 +429,19 @@ mod tests {
         assert_eq!(loaded.config.limits.max_message_size, 1000);
         assert!(!loaded.config.admin.loopback_without_token);
         assert!(loaded.warnings.is_empty());
+    }
+
+    #[test]
+    fn text_keys_take_digit_only_values_as_text() {
+        let env = vec![
+            ("STARLING_NODE__ID".into(), "123".into()),
+            ("STARLING_ADMIN__TOKEN".into(), "123456".into()),
+            ("STARLING_MESH__SEEDS".into(), "[\"127.0.0.1:9\"]".into()),
+        ];
+        let config = load_with_env(None, &env).unwrap().config;
+        assert_eq!(config.node.id, "123");
+        assert_eq!(config.admin.token.as_deref(), Some("123456"));
+        assert_eq!(config.mesh.seeds.len(), 1);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use tracing::debug;
 use crate::apps::{App, Key};
 use crate::channel_client::Subscriber;
 use crate::channel_master::Publish;
-use crate::channels::validate_name;
+use crate::channels::{channel_key, validate_name};
+use crate::config::LimitsConfig;
 use crate::error::AblyError;
 use crate::node::Node;
 use crate::outbox::Outbox;
@@ -77,6 +78,11 @@ impl Connection {
         &self.outbox.connection_id
     }
 
+    /// The region-wide key of this connection's app's channel `name`.
+    fn key(&self, name: &str) -> String {
+        channel_key(&self.identity.app.id, name)
+    }
+
     /// Handles one inbound frame.
     pub fn handle(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
         match pm.action {
@@ -110,7 +116,7 @@ impl Connection {
     /// Leaves every channel; called once when the connection ends, however it ends.
     pub fn detach_all(&mut self) {
         for name in self.attached.keys() {
-            self.node.region.detach(name, self.id());
+            self.node.region.detach(&self.key(name), self.id());
         }
         self.attached.clear();
     }
@@ -151,7 +157,9 @@ impl Connection {
             modes,
             echo,
         };
-        self.node.region.attach(name, subscriber, attached);
+        self.node
+            .region
+            .attach(&self.key(name), subscriber, attached);
         self.attached.insert(name.to_owned(), Attachment { modes });
         debug!(connection.id = %self.id(), channel.name = name, modes, "attaching");
         Ok(())
@@ -160,7 +168,7 @@ impl Connection {
     fn detach(&mut self, pm: ProtocolMessage) -> ProtocolMessage {
         let name = pm.channel.unwrap_or_default();
         if self.attached.remove(&name).is_some() {
-            self.node.region.detach(&name, self.id());
+            self.node.region.detach(&self.key(&name), self.id());
         }
         ProtocolMessage::for_channel(action::DETACHED, &name)
     }
@@ -207,14 +215,14 @@ impl Connection {
             }
         }
 
-        let limit = self.node.config.limits.max_message_size;
-        let messages = prepare_messages(messages, self.identity.client_id.as_deref(), limit)?;
+        let limits = &self.node.config.limits;
+        let messages = prepare_messages(messages, self.identity.client_id.as_deref(), limits)?;
         let publish = Publish {
             messages,
             id_base: format!("{}:{msg_serial}", self.id()),
             connection_id: Some(self.id().to_owned()),
         };
-        Ok(self.node.region.publish(name, publish))
+        Ok(self.node.region.publish(&self.key(name), publish))
     }
 }
 
@@ -251,8 +259,15 @@ fn refused(msg_serial: i64, error: &AblyError) -> PendingAck {
 pub fn prepare_messages(
     messages: Vec<Message>,
     client_id: Option<&str>,
-    max_size: usize,
+    limits: &LimitsConfig,
 ) -> Result<Vec<Message>, AblyError> {
+    let (max_size, max_count) = (limits.max_message_size, limits.max_messages_per_publish);
+    if messages.len() > max_count {
+        return Err(AblyError::TooManyMessages {
+            count: messages.len(),
+            limit: max_count,
+        });
+    }
     let mut total = 0;
     messages
         .into_iter()
@@ -357,6 +372,21 @@ mod tests {
     use super::*;
     use crate::protocol::Data;
 
+    fn limits(max_message_size: usize) -> LimitsConfig {
+        LimitsConfig {
+            max_message_size,
+            ..LimitsConfig::default()
+        }
+    }
+
+    #[test]
+    fn empty_messages_are_bounded_by_count() {
+        let many = vec![Message::default(); 1001];
+        let err = prepare_messages(many, None, &limits(1000)).unwrap_err();
+        assert_eq!(err.code(), 40009);
+        assert!(prepare_messages(vec![Message::default(); 1000], None, &limits(10)).is_ok());
+    }
+
     #[test]
     fn default_modes_when_none_are_requested() {
         let modes = granted_modes(0, &BTreeMap::new(), |_| true).unwrap();
@@ -379,8 +409,8 @@ mod tests {
             data: Some(Data::Text("x".repeat(n))),
             ..Message::default()
         };
-        assert!(prepare_messages(vec![m(600), m(400)], None, 1000).is_ok());
-        let err = prepare_messages(vec![m(600), m(401)], None, 1000).unwrap_err();
+        assert!(prepare_messages(vec![m(600), m(400)], None, &limits(1000)).is_ok());
+        let err = prepare_messages(vec![m(600), m(401)], None, &limits(1000)).unwrap_err();
         assert_eq!(err.code(), 40009);
     }
 
@@ -390,10 +420,11 @@ mod tests {
             client_id: c.map(str::to_owned),
             ..Message::default()
         };
-        let out = prepare_messages(vec![given(None)], Some("alice"), 100).unwrap();
+        let out = prepare_messages(vec![given(None)], Some("alice"), &limits(100)).unwrap();
         assert_eq!(out[0].client_id.as_deref(), Some("alice"));
 
-        let err = prepare_messages(vec![given(Some("bob"))], Some("alice"), 100).unwrap_err();
+        let err =
+            prepare_messages(vec![given(Some("bob"))], Some("alice"), &limits(100)).unwrap_err();
         assert_eq!(err.code(), 40012);
     }
 }

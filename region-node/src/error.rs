@@ -18,6 +18,10 @@ pub enum AblyError {
     MessageTooLarge { size: usize, limit: usize },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("a publish may hold at most {limit} messages, this one holds {count}")]
+    TooManyMessages { count: usize, limit: usize },
+    #[error("frame too large: the limit is {limit} bytes")]
+    FrameTooLarge { limit: usize },
     #[error("invalid channel name: {0}")]
     InvalidChannelName(String),
     #[error("invalid clientId: {0}")]
@@ -71,7 +75,10 @@ impl AblyError {
             MalformedFrame(_) => (40000, 400),
             InvalidBody(_) => (40001, 400),
             InvalidParameter { .. } => (40003, 400),
-            MessageTooLarge { .. } | BodyTooLarge { .. } => (40009, 413),
+            MessageTooLarge { .. }
+            | BodyTooLarge { .. }
+            | TooManyMessages { .. }
+            | FrameTooLarge { .. } => (40009, 413),
             InvalidChannelName(_) => (40010, 400),
             InvalidClientId(_) => (40012, 400),
             InvalidData(_) => (40013, 400),

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::channels::channel_key;
 use crate::node::Node;
 
 /// Ready once the node has joined its region's mesh (or has none) and sees a strict
@@ -49,11 +50,26 @@ pub async fn live() -> (StatusCode, Json<Value>) {
     (StatusCode::OK, Json(json!({"status": "live"})))
 }
 
-/// `GET /health/placement/{channel}`: which nodes master and copy a channel in this
-/// node's view. An operator's (and a failover test's) way to find a channel's master.
+/// `GET /health/placement/{channel}?app=ID`: which nodes master and copy an app's
+/// channel in this node's view; `app` may be left out when the node has one app. An
+/// operator's (and a failover test's) way to find a channel's master.
 pub async fn placement(
     State(node): State<Arc<Node>>,
     axum::extract::Path(channel): axum::extract::Path<String>,
-) -> Json<Value> {
-    Json(serde_json::to_value(node.region.placement(&channel).await).unwrap_or_default())
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> (StatusCode, Json<Value>) {
+    let apps = node.apps.list();
+    let app = match (query.get("app"), apps.as_slice()) {
+        (Some(app), _) => app.clone(),
+        (None, [only]) => only.id.clone(),
+        (None, _) => {
+            let error = json!({"error": "several apps: say which with ?app=ID"});
+            return (StatusCode::BAD_REQUEST, Json(error));
+        }
+    };
+    let placement = node.region.placement(&channel_key(&app, &channel)).await;
+    (
+        StatusCode::OK,
+        Json(serde_json::to_value(placement).unwrap_or_default()),
+    )
 }

@@ -73,8 +73,9 @@ impl Outbox {
         let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
         if queued > self.limit {
             self.overflowed.store(true, Ordering::Relaxed);
+            // DISCONNECTED, not ERROR: the client may come back and read faster.
             let error = crate::error::AblyError::SlowConsumer.to_info();
-            let _ = self.tx.send(Outgoing::Fail(error));
+            let _ = self.tx.send(Outgoing::Disconnect(error));
             return;
         }
         let _ = self.tx.send(Outgoing::Frame(frame));

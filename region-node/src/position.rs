@@ -4,6 +4,8 @@
 //! them, and the epoch grows whenever sequencing authority moves, so positions are
 //! totally ordered everywhere. On the wire a position is an opaque string
 //! (`channelSerial`, a message's `serial`) built to sort the same way as the position.
+//! Epochs are at least the wall clock in milliseconds when a master takes a channel
+//! over (see `region::master`), so twelve hex digits hold them for millennia.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,12 +16,12 @@ use serde::{Deserialize, Serialize};
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 pub struct Position {
-    pub epoch: u32,
+    pub epoch: u64,
     pub seq: u64,
 }
 
 impl Position {
-    pub const fn new(epoch: u32, seq: u64) -> Self {
+    pub const fn new(epoch: u64, seq: u64) -> Self {
         Self { epoch, seq }
     }
 
@@ -35,7 +37,7 @@ impl Position {
 /// Fixed-width hex keeps string order equal to numeric order.
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:08x}-{:016x}", self.epoch, self.seq)
+        write!(f, "{:012x}-{:016x}", self.epoch, self.seq)
     }
 }
 
@@ -49,11 +51,11 @@ impl FromStr for Position {
     fn from_str(s: &str) -> Result<Self, BadSerial> {
         let bad = || BadSerial(s.to_owned());
         let (epoch, seq) = s.split_once('-').ok_or_else(bad)?;
-        if epoch.len() != 8 || seq.len() != 16 {
+        if epoch.len() != 12 || seq.len() != 16 {
             return Err(bad());
         }
         Ok(Position {
-            epoch: u32::from_str_radix(epoch, 16).map_err(|_| bad())?,
+            epoch: u64::from_str_radix(epoch, 16).map_err(|_| bad())?,
             seq: u64::from_str_radix(seq, 16).map_err(|_| bad())?,
         })
     }

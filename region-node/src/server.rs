@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::apps::AppRegistry;
 use crate::config::Config;
@@ -102,6 +103,7 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
             get(move || std::future::ready(metrics.render())),
         )
         .merge(rest::router())
+        .method_not_allowed_fallback(rest::method_not_allowed)
         .with_state(node)
 }
 
@@ -138,9 +140,27 @@ pub async fn serve(
         "region node ready"
     );
 
+    // Draining: clients are sent away first so they reconnect to other nodes while
+    // this one still answers; then the listener stops and the node leaves the mesh.
+    let draining = {
+        let node = node.clone();
+        async move {
+            shutdown.await;
+            let sent = node
+                .connections
+                .disconnect_all(&AblyError::Draining.to_info());
+            info!(connections = sent, "draining: clients sent away");
+        }
+    };
     let app = router(node.clone(), metrics).into_make_service_with_connect_info::<SocketAddr>();
+    // Frames are small and latency matters more than packet count: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            debug!("could not set TCP_NODELAY: {error}");
+        }
+    });
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(draining)
         .await?;
     if let Some(mesh) = &node.mesh {
         mesh.leave().await;

@@ -69,10 +69,14 @@ impl ConnectParams {
 }
 
 pub async fn upgrade(
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     RawQuery(query): RawQuery,
     State(node): State<Arc<Node>>,
 ) -> Response {
+    let Ok(ws) = ws else {
+        let error = AblyError::MalformedFrame("expected a WebSocket upgrade on /".into());
+        return crate::rest::error_response(Format::Json, &error);
+    };
     let limit = node.config.limits.max_frame_size;
     ws.max_message_size(limit)
         .max_frame_size(limit)
@@ -178,13 +182,17 @@ async fn pump(
                 }
             }
             outcome = first_outcome(&mut acks), if !acks.is_empty() => {
-                if send_acks(socket, outcome, &mut acks, params.format).await.is_err() {
+                let written = send_acks(socket, outcome, &mut acks, params.format);
+                if !within(idle, written).await {
                     return;
                 }
             }
             queued = inbox.recv() => {
                 let Some(first) = queued else { return };
-                if write_queued(socket, first, &mut inbox, params.format).await.is_err() {
+                // A client that stops reading blocks the write; it gets an idle
+                // interval to drain, then the connection is dropped.
+                let written = write_queued(socket, first, &mut inbox, params.format);
+                if !within(idle, written).await {
                     return;
                 }
             }
@@ -201,6 +209,14 @@ async fn pump(
             }
         }
     }
+}
+
+/// Whether a socket write finished in time and without error.
+async fn within(
+    limit: std::time::Duration,
+    write: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> bool {
+    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(())))
 }
 
 /// Waits for the oldest pending publish's outcome.
@@ -268,10 +284,7 @@ fn on_read_error(error: &axum::Error, replies: &mut Replies, node: &Node) -> Nex
     let text = error.to_string();
     if text.contains("too long") || text.contains("Space limit") || text.contains("Capacity") {
         let limit = node.config.limits.max_frame_size;
-        replies.now.push(fatal(&AblyError::MessageTooLarge {
-            size: limit + 1,
-            limit,
-        }));
+        replies.now.push(fatal(&AblyError::FrameTooLarge { limit }));
     }
     debug!("read error: {text}");
     Next::Close

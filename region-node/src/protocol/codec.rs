@@ -73,8 +73,20 @@ pub fn decode_json(text: &str) -> Result<ProtocolMessage, DecodeError> {
     Ok(serde_json::from_str(text)?)
 }
 
+/// Deepest nesting accepted in a MessagePack frame, the same bound serde_json keeps
+/// for JSON: deep enough for any real payload, shallow enough that decoding and
+/// dropping a value never exhausts a task's stack.
+const MAX_DEPTH: usize = 128;
+
 pub fn decode_msgpack(bytes: &[u8]) -> Result<ProtocolMessage, DecodeError> {
-    Ok(rmp_serde::from_slice(bytes)?)
+    from_msgpack(bytes)
+}
+
+/// Decodes any MessagePack value (frames, REST bodies) with the nesting bound.
+pub fn from_msgpack<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(MAX_DEPTH);
+    Ok(T::deserialize(&mut deserializer)?)
 }
 
 /// Encodes a protocol message for one format. Binary payloads are rendered for JSON
@@ -191,5 +203,16 @@ mod tests {
         assert!(decode_json("{not json").is_err());
         assert!(decode_msgpack(&[0xc1, 0x00]).is_err());
         assert!(decode_json(r#"{"action":"fifteen"}"#).is_err());
+    }
+
+    #[test]
+    fn deeply_nested_data_is_refused() {
+        let mut data = serde_json::json!(1);
+        for _ in 0..200 {
+            data = serde_json::json!([data]);
+        }
+        let pm = serde_json::json!({"action": 15, "msgSerial": 0, "messages": [{"data": data}]});
+        let bytes = rmp_serde::to_vec_named(&pm).unwrap();
+        assert!(decode_msgpack(&bytes).is_err());
     }
 }

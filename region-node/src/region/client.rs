@@ -12,6 +12,7 @@ use super::msg::ChannelMsg;
 use super::{NodeId, RegionState};
 use crate::channel_client::{ChannelClient, Subscriber};
 use crate::channel_master::{Entry, Publish};
+use crate::channels::public_name;
 use crate::error::AblyError;
 use crate::position::Position;
 use crate::protocol::{action, codec, ErrorInfo, ProtocolMessage};
@@ -151,7 +152,7 @@ impl RegionState {
             );
         }
         for entry in missed {
-            deliver_entry(slot, channel, entry);
+            deliver_entry(slot, public_name(channel), entry);
         }
         if slot.last.is_none_or(|last| last < position) {
             slot.last = Some(position);

@@ -8,6 +8,7 @@ use tracing::{debug, info, warn};
 use super::msg::ChannelMsg;
 use super::{NodeId, RegionState};
 use crate::channel_master::{ChannelMaster, Entry, HistoryQuery, Publish, Snapshot};
+use crate::channels::public_name;
 use crate::position::Position;
 use crate::protocol::ProtocolMessage;
 
@@ -37,7 +38,7 @@ pub(super) struct Uncommitted {
 /// A copy of a channel another node sequences, and the epoch of that master.
 pub(super) struct Replica {
     pub core: ChannelMaster,
-    pub epoch: u32,
+    pub epoch: u64,
 }
 
 /// A channel this node is taking over: it asked every peer for its state and holds
@@ -46,7 +47,7 @@ pub(super) struct Acquire {
     waiting: BTreeSet<NodeId>,
     not_ready: BTreeSet<NodeId>,
     best: Option<Snapshot>,
-    max_epoch: u32,
+    max_epoch: u64,
     pub queued: Vec<(NodeId, ChannelMsg)>,
 }
 
@@ -244,7 +245,7 @@ impl RegionState {
         &mut self,
         from: NodeId,
         channel: &str,
-        epoch: u32,
+        epoch: u64,
         upto: Position,
     ) {
         let Some(slot) = self.masters.get_mut(channel) else {
@@ -259,7 +260,7 @@ impl RegionState {
     }
 
     /// A copy holder knows a newer master: this node must stop sequencing.
-    pub(super) fn on_fenced(&mut self, channel: &str, epoch: u32) {
+    pub(super) fn on_fenced(&mut self, channel: &str, epoch: u64) {
         let stale = self
             .masters
             .get(channel)
@@ -434,7 +435,7 @@ impl RegionState {
         from: NodeId,
         channel: &str,
         ready: bool,
-        epoch: u32,
+        epoch: u64,
         state: Option<Snapshot>,
     ) {
         let Some(acquire) = self.acquiring.get_mut(channel) else {
@@ -479,13 +480,22 @@ impl RegionState {
             return;
         }
         let acquire = self.acquiring.remove(channel).expect("checked");
-        let epoch = acquire
+        // Above every epoch heard of, and at least the wall clock in milliseconds, so a
+        // channel whose state was lost (all holders restarted, or evicted when idle)
+        // never reuses a position it gave before.
+        let heard = acquire
             .max_epoch
-            .max(acquire.best.as_ref().map_or(0, |b| b.last.epoch))
-            + 1;
+            .max(acquire.best.as_ref().map_or(0, |b| b.last.epoch));
+        let clock = u64::try_from(self.now_ms).unwrap_or(0);
+        let epoch = (heard + 1).max(clock);
         let core = match acquire.best {
-            Some(state) => ChannelMaster::from_snapshot(channel, epoch, state, self.limits.clone()),
-            None => ChannelMaster::new(channel, epoch, self.limits.clone()),
+            Some(state) => ChannelMaster::from_snapshot(
+                public_name(channel),
+                epoch,
+                state,
+                self.limits.clone(),
+            ),
+            None => ChannelMaster::new(public_name(channel), epoch, self.limits.clone()),
         };
         let committed = core.position();
         if epoch > 1 {
@@ -513,7 +523,7 @@ impl RegionState {
         &mut self,
         from: NodeId,
         channel: &str,
-        epoch: u32,
+        epoch: u64,
         entries: Vec<Entry>,
         snapshot: Option<Snapshot>,
     ) {
@@ -542,7 +552,7 @@ impl RegionState {
             .replicas
             .entry(channel.to_owned())
             .or_insert_with(|| Replica {
-                core: ChannelMaster::new(channel, epoch, limits),
+                core: ChannelMaster::new(public_name(channel), epoch, limits),
                 epoch,
             });
         replica.epoch = epoch;

@@ -229,12 +229,12 @@ impl RegionState {
             slot.core.expire(now);
         }
         self.masters.retain(|_, s| {
-            !(s.subscribers.is_empty() && s.pending.is_empty() && s.core.is_empty())
+            !(s.subscribers.is_empty() && s.pending.is_empty() && s.core.is_idle(now))
         });
         for replica in self.replicas.values_mut() {
             replica.core.expire(now);
         }
-        self.replicas.retain(|_, r| !r.core.is_empty());
+        self.replicas.retain(|_, r| !r.core.is_idle(now));
     }
 
     pub fn channel_count(&self) -> usize {
@@ -318,7 +318,7 @@ pub struct Placement {
     /// The master first, then the copy holders.
     pub owners: Vec<NodeId>,
     /// The epoch this node sequences the channel under, when it is the master.
-    pub epoch: Option<u32>,
+    pub epoch: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -543,7 +543,7 @@ fn handle_command(state: &mut RegionState, command: Command) {
             let placement = Placement {
                 owners: state.ring.owners(&channel, state.replication),
                 epoch: state.masters.get(&channel).map(|m| m.core.epoch()),
-                channel,
+                channel: crate::channels::public_name(&channel).to_owned(),
             };
             let _ = reply.send(placement);
         }

@@ -58,18 +58,18 @@ pub enum ChannelMsg {
     /// Master → copy holder: new entries, or the whole state when `snapshot` is set.
     Replicate {
         channel: String,
-        epoch: u32,
+        epoch: u64,
         entries: Vec<Entry>,
         snapshot: Option<Snapshot>,
     },
     /// Copy holder → master: I hold everything up to `upto`.
     Replicated {
         channel: String,
-        epoch: u32,
+        epoch: u64,
         upto: Position,
     },
     /// Copy holder → master: a master with a higher epoch exists; stop sequencing.
-    Fenced { channel: String, epoch: u32 },
+    Fenced { channel: String, epoch: u64 },
 
     /// New master → every peer: what do you hold of this channel?
     StateRequest { channel: String },
@@ -78,7 +78,7 @@ pub enum ChannelMsg {
     StateReply {
         channel: String,
         ready: bool,
-        epoch: u32,
+        epoch: u64,
         state: Option<Snapshot>,
     },
 }

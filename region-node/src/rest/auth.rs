@@ -56,17 +56,21 @@ pub fn authenticate(
     }
 }
 
-/// Checks the admin API's bearer token, or lets a loopback peer through when the
-/// configuration allows it.
+/// Checks the admin API's bearer token, or lets a loopback peer without credentials
+/// through when the configuration allows it. A request that carries an `Origin`
+/// comes from a web page, which is never trusted for being on loopback, and a wrong
+/// token is refused wherever it comes from.
 pub fn authorize_admin(node: &Node, headers: &HeaderMap, peer: Peer) -> Result<(), AblyError> {
-    let loopback = peer.0.is_some_and(|addr| addr.ip().is_loopback());
-    if loopback && node.config.admin.loopback_without_token {
-        return Ok(());
-    }
-
     let presented = header_text(headers)
         .and_then(|value| strip_scheme(value, "Bearer"))
         .map(str::trim);
+    let loopback = peer.0.is_some_and(|addr| addr.ip().is_loopback());
+    let from_browser = headers.contains_key(axum::http::header::ORIGIN);
+    if presented.is_none() && loopback && !from_browser && node.config.admin.loopback_without_token
+    {
+        return Ok(());
+    }
+
     match presented {
         Some(token)
             if constant_time_eq::constant_time_eq(

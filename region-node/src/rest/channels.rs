@@ -13,9 +13,12 @@ use tracing::debug;
 use super::auth::authenticate;
 use super::request::{Params, RestBody};
 use super::response::{Negotiation, Reply};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+
 use crate::apps::Key;
 use crate::channel_master::{HistoryQuery, Publish};
-use crate::channels::validate_name;
+use crate::channels::{channel_key, validate_name};
 use crate::connection::prepare_messages;
 use crate::data_dir::random_string;
 use crate::error::AblyError;
@@ -111,14 +114,29 @@ impl<'a> ChannelRequest<'a> {
 
     /// Authenticates the caller and checks the channel name, in that order, so that
     /// an anonymous caller learns nothing about names.
-    fn open(self) -> Result<(String, Arc<Key>, Params), AblyError> {
-        let (_, key) = authenticate(self.node, self.headers, &self.params)?;
+    fn open(self) -> Result<Opened, AblyError> {
+        let (app, key) = authenticate(self.node, self.headers, &self.params)?;
         let Path(name) = self
             .name
             .map_err(|e| AblyError::InvalidChannelName(e.body_text()))?;
         validate_name(&name)?;
-        Ok((name, key, self.params))
+        let channel = channel_key(&app.id, &name);
+        Ok(Opened {
+            name,
+            channel,
+            key,
+            params: self.params,
+        })
     }
+}
+
+/// An authenticated request on a valid channel name.
+struct Opened {
+    name: String,
+    /// The region-wide key of the app's channel.
+    channel: String,
+    key: Arc<Key>,
+    params: Params,
 }
 
 fn require(key: &Key, channel: &str, op: &'static str) -> Result<(), AblyError> {
@@ -136,15 +154,16 @@ async fn try_publish(
     body: &RestBody,
 ) -> Result<Reply<Published>, AblyError> {
     let node = request.node;
-    let (name, key, _) = request.open()?;
+    let client_id = request_client_id(request.headers)?;
+    let Opened {
+        name, channel, key, ..
+    } = request.open()?;
     require(&key, &name, "publish")?;
 
-    // Basic auth may publish under any clientId, so none is imposed.
-    let messages = prepare_messages(
-        decode_messages(body)?,
-        None,
-        node.config.limits.max_message_size,
-    )?;
+    // Basic auth may publish under any clientId; a client that declares one
+    // (`X-Ably-ClientId`) has it stamped on messages that carry none.
+    let limits = &node.config.limits;
+    let messages = prepare_messages(decode_messages(body)?, client_id.as_deref(), limits)?;
 
     let id_base = random_string(ID_BASE_LEN);
     let message_id = messages
@@ -163,7 +182,7 @@ async fn try_publish(
             id_base,
             connection_id: None,
         };
-        let outcome = node.region.publish(&name, publish).await;
+        let outcome = node.region.publish(&channel, publish).await;
         let outcome = outcome.map_err(|_| AblyError::Internal("region task ended".into()))?;
         outcome.map_err(AblyError::Remote)?
     };
@@ -181,13 +200,18 @@ async fn try_history(
     format: Format,
 ) -> Result<Reply<Vec<Message>>, AblyError> {
     let node = request.node;
-    let (name, key, params) = request.open()?;
+    let Opened {
+        name,
+        channel,
+        key,
+        params,
+    } = request.open()?;
     require(&key, &name, "history")?;
     let history = HistoryParams::parse(&params)?;
 
     let page = node
         .region
-        .history(&name, history.query())
+        .history(&channel, history.query())
         .await
         .map_err(AblyError::Remote)?;
     let mut messages = page.messages;
@@ -202,7 +226,9 @@ async fn try_history(
 /// that may do something with a channel may also see whether it is in use.
 async fn try_status(request: ChannelRequest<'_>) -> Result<Reply<Value>, AblyError> {
     let node = request.node;
-    let (name, key, _) = request.open()?;
+    let Opened {
+        name, channel, key, ..
+    } = request.open()?;
     if !key.capability.allows_any(&name) {
         return Err(AblyError::CapabilityDenied {
             op: "channel-metadata",
@@ -211,7 +237,7 @@ async fn try_status(request: ChannelRequest<'_>) -> Result<Reply<Value>, AblyErr
     }
 
     // Occupancy reads never create a channel.
-    let metrics = node.region.occupancy(&name).await;
+    let metrics = node.region.occupancy(&channel).await;
     Ok(Reply::ok(json!({
         "channelId": name,
         "status": {
@@ -219,6 +245,17 @@ async fn try_status(request: ChannelRequest<'_>) -> Result<Reply<Value>, AblyErr
             "occupancy": {"metrics": metrics},
         },
     })))
+}
+
+/// The clientId ably-js declares in `X-Ably-ClientId` (base64 of its UTF-8).
+fn request_client_id(headers: &HeaderMap) -> Result<Option<String>, AblyError> {
+    let Some(value) = headers.get("x-ably-clientid") else {
+        return Ok(None);
+    };
+    let bad = || AblyError::InvalidClientId("X-Ably-ClientId is not base64 UTF-8".into());
+    let bytes = BASE64.decode(value.as_bytes()).map_err(|_| bad())?;
+    let client_id = String::from_utf8(bytes).map_err(|_| bad())?;
+    Ok(Some(client_id).filter(|c| !c.is_empty() && c != "*"))
 }
 
 /// A publish body is one message or an array of them.
@@ -393,7 +430,7 @@ mod tests {
             p.link(Some(next)),
             "<./messages?start=5&end=9&limit=2&direction=forwards>; rel=\"first\", \
              <./messages?start=5&end=9&limit=2&direction=forwards\
-             &cursor=00000001-0000000000000007>; rel=\"next\""
+             &cursor=000000000001-0000000000000007>; rel=\"next\""
         );
         assert_eq!(
             parse("").unwrap().link(None),
@@ -417,7 +454,7 @@ mod tests {
 
     #[test]
     fn until_attach_includes_the_attach_serial() {
-        let p = parse("from_serial=00000001-0000000000000004&direction=forwards").unwrap();
+        let p = parse("from_serial=000000000001-0000000000000004&direction=forwards").unwrap();
         assert_eq!(p.query().until, Some(Position::new(1, 4)));
     }
 

@@ -25,7 +25,8 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use response::{error_response, Negotiation};
+pub use response::error_response;
+use response::Negotiation;
 
 use crate::error::AblyError;
 use crate::node::{now_ms, Node};
@@ -35,18 +36,21 @@ use crate::protocol::Format;
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 pub fn router() -> Router<Arc<Node>> {
-    Router::new()
+    // The admin API gets no CORS headers: no web page may drive it from a browser.
+    let admin = Router::new()
+        .route("/apps", post(admin::create))
+        .route("/apps/{app_id}", delete(admin::delete))
+        .method_not_allowed_fallback(method_not_allowed);
+    let client = Router::new()
         .route("/time", get(time))
         .route("/channels/{name}", get(channels::status))
         .route(
             "/channels/{name}/messages",
             get(channels::history).post(channels::publish),
         )
-        .route("/apps", post(admin::create))
-        .route("/apps/{app_id}", delete(admin::delete))
         .method_not_allowed_fallback(method_not_allowed)
-        .fallback(not_found)
-        .layer(cors())
+        .layer(cors());
+    client.merge(admin).fallback(not_found)
 }
 
 /// The server's clock, for clients that sign token requests (`queryTime`). Always
@@ -61,7 +65,7 @@ async fn not_found(negotiation: Negotiation, method: Method, uri: Uri) -> Respon
     error_response(negotiation.format, &error)
 }
 
-async fn method_not_allowed(negotiation: Negotiation) -> Response {
+pub async fn method_not_allowed(negotiation: Negotiation) -> Response {
     error_response(negotiation.format, &AblyError::MethodNotAllowed)
 }
 

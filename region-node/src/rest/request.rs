@@ -52,7 +52,7 @@ impl RestBody {
         match self.format {
             Format::Json => serde_json::from_slice(&self.bytes)
                 .map_err(|e| AblyError::InvalidBody(format!("invalid JSON: {e}"))),
-            Format::Msgpack => rmp_serde::from_slice(&self.bytes)
+            Format::Msgpack => crate::protocol::codec::from_msgpack(&self.bytes)
                 .map_err(|e| AblyError::InvalidBody(format!("invalid MessagePack: {e}"))),
         }
     }
