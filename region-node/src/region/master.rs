@@ -142,12 +142,23 @@ impl RegionState {
     fn sequence(&mut self, from: NodeId, channel: &str, req: u64, publish: Publish) {
         let now = self.now_ms;
         let slot = self.masters.get_mut(channel).expect("checked by caller");
+        let after = slot.core.position();
         let sequenced = slot.core.sequence(publish, now);
 
         let Some(last) = sequenced.entries.last().map(|e| e.position) else {
-            // Every message was a duplicate: answer with the first serials at once.
-            let result = Ok(sequenced.serials);
-            self.send(from, ChannelMsg::Published { req, result });
+            // Every message was a duplicate. Its first copy may be one this master
+            // inherited and has not yet seen its own copy holders confirm, so the
+            // answer waits in line like any publish, with nothing to broadcast.
+            let upto = slot.core.position();
+            let serials = sequenced.serials;
+            slot.pending.push_back(Uncommitted {
+                upto,
+                frame: None,
+                serials,
+                reply_to: from,
+                req,
+            });
+            self.commit_ready(channel);
             return;
         };
 
@@ -163,6 +174,7 @@ impl RegionState {
         for copy in copies {
             let entries = sequenced.entries.clone();
             let msg = ChannelMsg::Replicate {
+                after,
                 channel: channel.to_owned(),
                 epoch,
                 entries,
@@ -337,6 +349,7 @@ impl RegionState {
             let live = self.live.clone();
             let acquire = self.acquiring.get_mut(&channel).expect("listed");
             acquire.waiting.retain(|n| live.contains(n));
+            acquire.not_ready.retain(|n| live.contains(n));
             self.finish_acquire_if_done(&channel);
         }
     }
@@ -360,18 +373,44 @@ impl RegionState {
             .collect();
         slot.copies = wanted;
         slot.confirmed.retain(|n, _| slot.copies.contains(n));
-        let epoch = slot.core.epoch();
-        let snapshot = slot.core.snapshot();
         for node in new {
-            let msg = ChannelMsg::Replicate {
-                channel: channel.to_owned(),
-                epoch,
-                entries: Vec::new(),
-                snapshot: Some(snapshot.clone()),
-            };
-            self.send(node, msg);
+            self.send_snapshot(channel, node);
         }
         self.commit_ready(channel);
+    }
+
+    fn send_snapshot(&mut self, channel: &str, node: NodeId) {
+        let Some(slot) = self.masters.get(channel) else {
+            return;
+        };
+        let msg = ChannelMsg::Replicate {
+            after: Position::default(),
+            channel: channel.to_owned(),
+            epoch: slot.core.epoch(),
+            entries: Vec::new(),
+            snapshot: Some(slot.core.snapshot()),
+        };
+        self.send(node, msg);
+    }
+
+    /// A copy holder that missed entries (it refused them while its view disagreed,
+    /// or a link flapped) holds back every publish; on each tick it is sent the whole
+    /// state again.
+    pub(super) fn resend_to_lagging_copies(&mut self) {
+        let mut resends = Vec::new();
+        for (channel, slot) in &self.masters {
+            let Some(head) = slot.pending.front() else {
+                continue;
+            };
+            for copy in &slot.copies {
+                if slot.confirmed.get(copy).is_none_or(|p| *p < head.upto) {
+                    resends.push((channel.clone(), copy.clone()));
+                }
+            }
+        }
+        for (channel, copy) in resends {
+            self.send_snapshot(&channel, copy);
+        }
     }
 
     fn begin_acquire(&mut self, channel: &str) {
@@ -404,9 +443,10 @@ impl RegionState {
     /// Another node asks what this node holds of `channel` because it now owns it.
     pub(super) fn on_state_request(&mut self, from: NodeId, channel: &str) {
         let owner_agrees = self.ring.owner(channel) == Some(from.as_str());
-        let sequencing = self.masters.contains_key(channel) || self.acquiring.contains_key(channel);
-        if sequencing && !owner_agrees {
-            // Until this node's view agrees that `from` owns the channel, it keeps it.
+        if !owner_agrees {
+            // Until this node's view agrees that `from` owns the channel, it neither
+            // hands over what it sequences nor what it copies for another master:
+            // otherwise two sides of a partial partition could both take over.
             let msg = ChannelMsg::StateReply {
                 channel: channel.to_owned(),
                 ready: false,
@@ -460,14 +500,24 @@ impl RegionState {
     /// Asks again the peers that were not ready (called on every tick).
     pub(super) fn retry_acquires(&mut self) {
         let mut asks = Vec::new();
+        let mut finished = Vec::new();
         for (channel, acquire) in &mut self.acquiring {
+            // A peer that died since it said "not ready" has nothing more to say.
             for node in std::mem::take(&mut acquire.not_ready) {
-                acquire.waiting.insert(node.clone());
-                asks.push((node, channel.clone()));
+                if self.live.contains(&node) {
+                    acquire.waiting.insert(node.clone());
+                    asks.push((node, channel.clone()));
+                }
+            }
+            if acquire.waiting.is_empty() {
+                finished.push(channel.clone());
             }
         }
         for (node, channel) in asks {
             self.send(node, ChannelMsg::StateRequest { channel });
+        }
+        for channel in finished {
+            self.finish_acquire_if_done(&channel);
         }
     }
 
@@ -524,9 +574,16 @@ impl RegionState {
         from: NodeId,
         channel: &str,
         epoch: u64,
+        after: Position,
         entries: Vec<Entry>,
         snapshot: Option<Snapshot>,
     ) {
+        // A copy serves only the master its own view names: a master on the other
+        // side of a partial partition cannot get its publishes acknowledged here.
+        if self.ring.owner(channel) != Some(from.as_str()) {
+            debug!(channel.name = channel, master = %from, "refusing copies from a master this view does not name");
+            return;
+        }
         let held_epoch = self
             .masters
             .get(channel)
@@ -558,8 +615,11 @@ impl RegionState {
         replica.epoch = epoch;
         if let Some(snapshot) = snapshot {
             replica.core.restore(snapshot);
+        } else if replica.core.position() == after {
+            replica.core.apply(entries, now);
         }
-        replica.core.apply(entries, now);
+        // Otherwise entries are missing in between: applying these would leave a
+        // hole, so the copy reports where it stands and gets the whole state instead.
         let upto = replica.core.position();
         self.send(
             from,

@@ -10,6 +10,8 @@
 mod client;
 mod master;
 pub mod msg;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -117,6 +119,7 @@ impl RegionState {
     /// forget channels with nothing left to keep.
     pub fn tick(&mut self) {
         self.retry_acquires();
+        self.resend_to_lagging_copies();
         self.reroute_clients();
         self.expire_publishes();
         self.retry_history();
@@ -151,11 +154,12 @@ impl RegionState {
                     .for_each(|h| h.sent = false);
             }
             ChannelMsg::Replicate {
+                after,
                 channel,
                 epoch,
                 entries,
                 snapshot,
-            } => self.on_replicate(from, &channel, epoch, entries, snapshot),
+            } => self.on_replicate(from, &channel, epoch, after, entries, snapshot),
             ChannelMsg::Replicated {
                 channel,
                 epoch,

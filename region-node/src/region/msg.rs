@@ -55,8 +55,11 @@ pub enum ChannelMsg {
     /// The receiver is not (yet) this channel's master in the sender's view; retry.
     NotMaster { channel: String },
 
-    /// Master → copy holder: new entries, or the whole state when `snapshot` is set.
+    /// Master → copy holder: the entries that follow position `after`, or the whole
+    /// state when `snapshot` is set. A copy that does not hold `after` applies nothing
+    /// and reports where it stands, and the master sends it the whole state.
     Replicate {
+        after: Position,
         channel: String,
         epoch: u64,
         entries: Vec<Entry>,
