@@ -167,9 +167,9 @@ async fn a_publish_of_too_many_empty_messages_is_refused_and_others_keep_receivi
 #[tokio::test]
 async fn serials_keep_growing_across_a_restart() -> Result<()> {
     let mut node = Node::start().await?;
-    let before = publish_rest(&node, &node.key().to_owned(), "restart-chan", "one").await?;
+    let before = publish_rest(&node, node.key(), "restart-chan", "one").await?;
     node.restart().await?;
-    let after = publish_rest(&node, &node.key().to_owned(), "restart-chan", "two").await?;
+    let after = publish_rest(&node, node.key(), "restart-chan", "two").await?;
 
     let serial = |v: &Value| {
         v["serials"][0]

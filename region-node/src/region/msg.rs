@@ -8,6 +8,9 @@ use crate::position::Position;
 use crate::protocol::{ErrorInfo, ProtocolMessage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Each message is moved once per hop; boxing the big variants would cost an
+// allocation per message on the publish path to save a memcpy.
+#[allow(clippy::large_enum_variant)]
 pub enum ChannelMsg {
     /// Client → master: send me this channel's frames, and what I missed after `from`.
     Subscribe {
