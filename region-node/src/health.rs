@@ -23,6 +23,9 @@ pub async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
     if !joined {
         missing.push("mesh: not linked to any seed yet");
     }
+    if !stats.settled {
+        missing.push("mesh: still meeting members of the region");
+    }
     if !stats.quorum {
         missing.push("quorum: fewer than a majority of the region's nodes are reachable");
     }

@@ -28,6 +28,7 @@ use membership::Membership;
 pub use membership::MeshView;
 pub use wire::{MemberInfo, MeshMsg};
 
+use crate::node::now_ms;
 use crate::region::msg::ChannelMsg;
 use crate::tls::{self, TlsFiles};
 
@@ -215,10 +216,10 @@ async fn accept_one(inner: &Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Re
     let mut reader = FramedRead::new(recv, wire::codec());
     let mut writer = FramedWrite::new(send, wire::codec());
 
-    let peer = read_hello(&mut reader).await?;
+    let (peer, members) = read_hello(&mut reader).await?;
     writer.send(hello(inner)).await?;
     let dialer = peer.id.clone();
-    register(inner, peer, dialer, connection, reader, writer);
+    register(inner, peer, members, dialer, connection, reader, writer);
     Ok(())
 }
 
@@ -242,6 +243,8 @@ async fn dial_loop(inner: Arc<Inner>) {
             });
         }
         gossip(&inner);
+        // `settled` can turn true by time alone (a member that never answered).
+        publish_view(&inner, &mut inner.state.lock());
     }
 }
 
@@ -288,13 +291,13 @@ async fn dial_one(inner: &Arc<Inner>, addr: SocketAddr) -> anyhow::Result<()> {
     let mut writer = FramedWrite::new(send, wire::codec());
 
     writer.send(hello(inner)).await?;
-    let peer = read_hello(&mut reader).await?;
+    let (peer, members) = read_hello(&mut reader).await?;
     let me = inner.state.lock().membership.me().id.clone();
     if peer.id == me {
         connection.close(0u32.into(), b"self");
         return Ok(());
     }
-    register(inner, peer, me, connection, reader, writer);
+    register(inner, peer, members, me, connection, reader, writer);
     Ok(())
 }
 
@@ -310,19 +313,23 @@ fn hello(inner: &Inner) -> Bytes {
 type Reader = FramedRead<quinn::RecvStream, tokio_util::codec::LengthDelimitedCodec>;
 type Writer = FramedWrite<quinn::SendStream, tokio_util::codec::LengthDelimitedCodec>;
 
-async fn read_hello(reader: &mut Reader) -> anyhow::Result<MemberInfo> {
+/// Reads a peer's hello: who it is, and whom it knows (so a joining node learns the
+/// whole region from its first seed at once).
+async fn read_hello(reader: &mut Reader) -> anyhow::Result<(MemberInfo, Vec<MemberInfo>)> {
     let frame = reader.next().await.context("peer closed before hello")??;
     match wire::decode(&frame)? {
-        MeshMsg::Hello { me, .. } => Ok(me),
+        MeshMsg::Hello { me, members } => Ok((me, members)),
         other => anyhow::bail!("expected hello, got {other:?}"),
     }
 }
 
 /// Makes a handshaken connection the link to `peer`, unless a link already exists:
 /// then the one opened by the lower node id survives, which both ends decide alike.
+#[allow(clippy::too_many_arguments)]
 fn register(
     inner: &Arc<Inner>,
     peer: MemberInfo,
+    members: Vec<MemberInfo>,
     dialer: String,
     connection: quinn::Connection,
     reader: Reader,
@@ -352,10 +359,14 @@ fn register(
             tx,
         };
         state.links.insert(peer.id.clone(), link);
-        if state.membership.link_up(peer.clone()) {
+        let now = now_ms() as u64;
+        for member in members {
+            state.membership.learn(member, now);
+        }
+        if state.membership.link_up(peer.clone(), now) {
             info!(peer.id = %peer.id, peer.addr = %peer.mesh, "mesh peer joined");
         }
-        inner.view_tx.send_replace(state.membership.view());
+        publish_view(inner, &mut state);
     }
 
     let span = debug_span!("mesh_link", peer.id = %peer.id);
@@ -397,12 +408,16 @@ fn on_message(inner: &Inner, peer: &str, msg: MeshMsg) {
     match msg {
         MeshMsg::Channel(_) => unreachable!("handled above"),
         MeshMsg::Hello { members, .. } | MeshMsg::Gossip { members } => {
-            members.into_iter().for_each(|m| state.membership.learn(m));
+            let now = now_ms() as u64;
+            members
+                .into_iter()
+                .for_each(|m| state.membership.learn(m, now));
+            publish_view(inner, &mut state);
         }
         MeshMsg::Leave { id, incarnation } => {
             if state.membership.left(&id, incarnation) {
                 info!(peer.id = %id, "mesh peer left");
-                inner.view_tx.send_replace(state.membership.view());
+                publish_view(inner, &mut state);
             }
             if let Some(link) = state.links.remove(&id) {
                 link.connection.close(0u32.into(), b"left");
@@ -420,9 +435,26 @@ async fn watch_link(inner: Arc<Inner>, peer: String, link_id: u64, connection: q
         state.links.remove(&peer);
         if state.membership.link_down(&peer) {
             info!(peer.id = %peer, %reason, "mesh peer lost");
-            inner.view_tx.send_replace(state.membership.view());
+            publish_view(&inner, &mut state);
         }
     }
+}
+
+/// Publishes the membership view to its watchers, with `settled` brought up to date.
+fn publish_view(inner: &Inner, state: &mut State) {
+    let me = state.membership.me().mesh;
+    let lonely = inner.settings.seeds.iter().all(|s| *s == me);
+    let joined = lonely || !state.links.is_empty();
+    let grace = inner.settings.failure_timeout.as_millis() as u64;
+    state
+        .membership
+        .refresh_settled(joined, now_ms() as u64, grace);
+    let fresh = state.membership.view();
+    inner.view_tx.send_if_modified(|view| {
+        let changed = *view != fresh;
+        *view = fresh;
+        changed
+    });
 }
 
 fn gossip(inner: &Inner) {

@@ -1,7 +1,8 @@
 //! The client side of the region state machine: one ChannelClient per channel with
 //! local attachments or publishes in flight. It subscribes to the channel's master,
 //! fans committed frames out to local connections in order and exactly once, and
-//! carries local publishes to the master, resending them when the master changes.
+//! carries local publishes to the master, resending them when the master changes or an
+//! answer is overdue (mesh links can drop messages when they are replaced).
 
 use std::collections::BTreeMap;
 
@@ -22,21 +23,27 @@ pub type PublishReply = oneshot::Sender<Result<Vec<Option<String>>, ErrorInfo>>;
 /// How long a local publish may wait for its master before it is refused.
 const PUBLISH_TIMEOUT_MS: i64 = 15_000;
 
+/// How long a request to a master may go unanswered before it is sent again. Masters
+/// treat repeats as harmless: subscriptions are sets, publishes are deduplicated.
+pub(super) const RESEND_MS: i64 = 1_000;
+
 #[derive(Default)]
 pub(super) struct ClientSlot {
     pub local: ChannelClient,
-    /// The master this client subscribed to (or sends publishes to).
+    /// The master this client follows, as the ring named it; `None` after the master
+    /// said it is not (or no longer) master, until the next routing step.
     pub master: Option<NodeId>,
     /// Whether the master confirmed the subscription.
     pub subscribed: bool,
     /// Whether a subscription is wanted (local attachments exist).
     pub wants_frames: bool,
+    /// When the last Subscribe went out, to send it again if it was lost.
+    pub subscribe_sent_ms: Option<i64>,
     /// The last position delivered to local connections.
     pub last: Option<Position>,
     /// Attachments waiting for the subscription, with their ATTACHED frame.
     pub waiting: Vec<(Subscriber, ProtocolMessage)>,
-    /// Publishes sent to the master and not yet answered, by request id (so in the
-    /// order they were made).
+    /// Publishes not yet answered, by request id (so in the order they were made).
     pub inflight: BTreeMap<u64, Inflight>,
 }
 
@@ -44,6 +51,8 @@ pub(super) struct Inflight {
     pub publish: Publish,
     pub reply: PublishReply,
     pub since_ms: i64,
+    /// When it was last sent to a master; `None` when it must be (re)sent.
+    pub sent_ms: Option<i64>,
 }
 
 impl RegionState {
@@ -58,7 +67,7 @@ impl RegionState {
             return;
         }
         slot.waiting.push((subscriber, attached));
-        self.ensure_subscribed(channel);
+        self.follow(channel);
     }
 
     pub fn detach(&mut self, channel: &str, connection_id: &str) {
@@ -79,53 +88,56 @@ impl RegionState {
         }
         let req = self.next_req();
         let since_ms = self.now_ms;
-        let slot = self.client_slot(channel);
-        slot.inflight.insert(
-            req,
-            Inflight {
-                publish: publish.clone(),
-                reply,
-                since_ms,
-            },
-        );
-
-        if let Some(master) = self.route(channel) {
-            let msg = ChannelMsg::Publish {
-                channel: channel.to_owned(),
-                req,
-                publish,
-            };
-            self.send(master, msg);
-        }
+        let inflight = Inflight {
+            publish,
+            reply,
+            since_ms,
+            sent_ms: None,
+        };
+        self.client_slot(channel).inflight.insert(req, inflight);
+        self.follow(channel);
     }
 
-    /// The master this node's ChannelClient should talk to now, remembered in the slot.
-    fn route(&mut self, channel: &str) -> Option<NodeId> {
+    /// The one routing step of a ChannelClient: follow the master the ring names,
+    /// (re)subscribe when needed, and send every publish not yet sent to it, or sent
+    /// too long ago.
+    fn follow(&mut self, channel: &str) {
         let owner = self.ring.owner(channel).map(str::to_owned);
-        let slot = self.clients.get_mut(channel)?;
-        if slot.master != owner {
-            slot.master = owner.clone();
-            slot.subscribed = false;
-        }
-        owner
-    }
-
-    fn ensure_subscribed(&mut self, channel: &str) {
-        let Some(master) = self.route(channel) else {
+        let now = self.now_ms;
+        let Some(slot) = self.clients.get_mut(channel) else {
             return;
         };
-        let slot = self.clients.get_mut(channel).expect("routed");
-        if slot.subscribed || !slot.wants_frames {
-            return;
+        if slot.master != owner {
+            slot.master = owner;
+            slot.subscribed = false;
+            slot.subscribe_sent_ms = None;
+            slot.inflight.values_mut().for_each(|i| i.sent_ms = None);
         }
-        let from = slot.last;
-        self.send(
-            master,
-            ChannelMsg::Subscribe {
+        let Some(master) = slot.master.clone() else {
+            return;
+        };
+
+        let overdue = |sent: Option<i64>| sent.is_none_or(|t| now - t >= RESEND_MS);
+        let mut sends = Vec::new();
+        if slot.wants_frames && !slot.subscribed && overdue(slot.subscribe_sent_ms) {
+            slot.subscribe_sent_ms = Some(now);
+            sends.push(ChannelMsg::Subscribe {
                 channel: channel.to_owned(),
-                from,
-            },
-        );
+                from: slot.last,
+            });
+        }
+        for (req, inflight) in slot.inflight.iter_mut().filter(|(_, i)| overdue(i.sent_ms)) {
+            inflight.sent_ms = Some(now);
+            let publish = inflight.publish.clone();
+            sends.push(ChannelMsg::Publish {
+                channel: channel.to_owned(),
+                req: *req,
+                publish,
+            });
+        }
+        for msg in sends {
+            self.send(master.clone(), msg);
+        }
     }
 
     pub(super) fn on_subscribed(
@@ -158,6 +170,7 @@ impl RegionState {
             slot.last = Some(position);
         }
         slot.subscribed = true;
+        slot.subscribe_sent_ms = None;
 
         let position = slot.last.unwrap_or_default();
         for (subscriber, attached) in std::mem::take(&mut slot.waiting) {
@@ -165,10 +178,14 @@ impl RegionState {
         }
     }
 
+    /// A committed frame from the master. `after` is the position of the frame the
+    /// master committed before it: when it is not the last one delivered here, a frame
+    /// was lost on the way, and the client subscribes again from what it has.
     pub(super) fn on_sequenced(
         &mut self,
         from: NodeId,
         channel: &str,
+        after: Position,
         position: Position,
         frame: ProtocolMessage,
     ) {
@@ -179,6 +196,16 @@ impl RegionState {
             return;
         }
         if slot.last.is_some_and(|last| position <= last) {
+            return;
+        }
+        if slot.last != Some(after) {
+            debug!(
+                channel.name = channel,
+                "gap in committed frames; subscribing again"
+            );
+            slot.subscribed = false;
+            slot.subscribe_sent_ms = None;
+            self.follow(channel);
             return;
         }
         slot.last = Some(position);
@@ -202,8 +229,8 @@ impl RegionState {
         self.drop_client_if_idle(&channel);
     }
 
-    /// The master we asked is not master (any more, or not yet). The view will settle;
-    /// the next tick resends.
+    /// The node asked is not master (any more, or not yet): forget it; the next
+    /// routing step asks whoever the ring names then, possibly the same node again.
     pub(super) fn on_not_master(&mut self, from: NodeId, channel: &str) {
         if let Some(slot) = self.clients.get_mut(channel) {
             if slot.master.as_deref() == Some(from.as_str()) {
@@ -213,34 +240,12 @@ impl RegionState {
         }
     }
 
-    /// After a view change or on a tick: every client whose master changed (or is
-    /// unknown) subscribes again from its last position and resends its publishes.
+    /// After a view change and on every tick: every ChannelClient takes its routing
+    /// step.
     pub(super) fn reroute_clients(&mut self) {
         let channels: Vec<String> = self.clients.keys().cloned().collect();
         for channel in channels {
-            let before = self.clients[&channel].master.clone();
-            let Some(master) = self.route(&channel) else {
-                continue;
-            };
-            if before.as_ref() == Some(&master) {
-                continue;
-            }
-            self.ensure_subscribed(&channel);
-            let resends: Vec<(u64, Publish)> = self.clients[&channel]
-                .inflight
-                .iter()
-                .map(|(req, inflight)| (*req, inflight.publish.clone()))
-                .collect();
-            for (req, publish) in resends {
-                self.send(
-                    master.clone(),
-                    ChannelMsg::Publish {
-                        channel: channel.clone(),
-                        req,
-                        publish,
-                    },
-                );
-            }
+            self.follow(&channel);
         }
     }
 

@@ -44,8 +44,10 @@ pub(super) struct Replica {
 /// A channel this node is taking over: it asked every peer for its state and holds
 /// back requests until all have answered.
 pub(super) struct Acquire {
-    waiting: BTreeSet<NodeId>,
-    not_ready: BTreeSet<NodeId>,
+    /// Live peers that answered "ready" with what they hold. The takeover completes
+    /// once every live peer is in here; the others are asked again on every tick, so
+    /// a lost request or reply, or a peer that was not ready, only delays it.
+    answered: BTreeSet<NodeId>,
     best: Option<Snapshot>,
     max_epoch: u64,
     pub queued: Vec<(NodeId, ChannelMsg)>,
@@ -102,7 +104,7 @@ impl RegionState {
     /// current view, and it sees a strict majority of the region's known members, so
     /// at most one side of a partition can sequence.
     pub(super) fn may_sequence(&self, channel: &str) -> bool {
-        self.has_quorum() && self.ring.owner(channel) == Some(self.me.as_str())
+        self.settled && self.has_quorum() && self.ring.owner(channel) == Some(self.me.as_str())
     }
 
     pub(super) fn has_quorum(&self) -> bool {
@@ -201,15 +203,17 @@ impl RegionState {
                 break;
             }
             let head = slot.pending.pop_front().expect("front exists");
-            slot.committed = head.upto;
-            committed.push(head);
+            let after = slot.committed;
+            slot.committed = slot.committed.max(head.upto);
+            committed.push((after, head));
         }
 
         let subscribers: Vec<NodeId> = slot.subscribers.iter().cloned().collect();
-        for done in committed {
+        for (after, done) in committed {
             if let Some(frame) = done.frame {
                 for node in &subscribers {
                     let msg = ChannelMsg::Sequenced {
+                        after,
                         channel: channel.to_owned(),
                         position: done.upto,
                         frame: frame.clone(),
@@ -293,6 +297,16 @@ impl RegionState {
         let Some(slot) = self.masters.remove(channel) else {
             return;
         };
+        // Subscribers are told too, so they subscribe afresh to whoever masters the
+        // channel next, even if that is this node again.
+        for node in &slot.subscribers {
+            self.send(
+                node.clone(),
+                ChannelMsg::NotMaster {
+                    channel: channel.to_owned(),
+                },
+            );
+        }
         for pending in slot.pending {
             self.send(
                 pending.reply_to,
@@ -346,10 +360,7 @@ impl RegionState {
                 }
                 continue;
             }
-            let live = self.live.clone();
-            let acquire = self.acquiring.get_mut(&channel).expect("listed");
-            acquire.waiting.retain(|n| live.contains(n));
-            acquire.not_ready.retain(|n| live.contains(n));
+            // Peers that died need not answer; new ones are asked on the next tick.
             self.finish_acquire_if_done(&channel);
         }
     }
@@ -414,23 +425,32 @@ impl RegionState {
     }
 
     fn begin_acquire(&mut self, channel: &str) {
-        let waiting: BTreeSet<NodeId> = self
-            .live
-            .iter()
-            .filter(|n| **n != self.me)
-            .cloned()
-            .collect();
         let own = self.replicas.remove(channel);
         let max_epoch = own.as_ref().map_or(0, |r| r.epoch);
         let acquire = Acquire {
-            waiting: waiting.clone(),
-            not_ready: BTreeSet::new(),
+            answered: BTreeSet::new(),
             best: own.map(|r| r.core.snapshot()),
             max_epoch,
             queued: Vec::new(),
         };
         self.acquiring.insert(channel.to_owned(), acquire);
-        for node in waiting {
+        self.ask_for_state(channel);
+    }
+
+    /// Live peers that have not yet answered a takeover "ready".
+    fn unanswered(&self, channel: &str) -> Vec<NodeId> {
+        let Some(acquire) = self.acquiring.get(channel) else {
+            return Vec::new();
+        };
+        self.live
+            .iter()
+            .filter(|n| **n != self.me && !acquire.answered.contains(*n))
+            .cloned()
+            .collect()
+    }
+
+    fn ask_for_state(&mut self, channel: &str) {
+        for node in self.unanswered(channel) {
             self.send(
                 node,
                 ChannelMsg::StateRequest {
@@ -481,11 +501,7 @@ impl RegionState {
         let Some(acquire) = self.acquiring.get_mut(channel) else {
             return;
         };
-        if !acquire.waiting.remove(&from) {
-            return;
-        }
-        if !ready {
-            acquire.not_ready.insert(from);
+        if !ready || !acquire.answered.insert(from) {
             return;
         }
         acquire.max_epoch = acquire.max_epoch.max(epoch);
@@ -497,35 +513,17 @@ impl RegionState {
         self.finish_acquire_if_done(channel);
     }
 
-    /// Asks again the peers that were not ready (called on every tick).
+    /// Asks again every live peer that has not answered "ready" (on every tick).
     pub(super) fn retry_acquires(&mut self) {
-        let mut asks = Vec::new();
-        let mut finished = Vec::new();
-        for (channel, acquire) in &mut self.acquiring {
-            // A peer that died since it said "not ready" has nothing more to say.
-            for node in std::mem::take(&mut acquire.not_ready) {
-                if self.live.contains(&node) {
-                    acquire.waiting.insert(node.clone());
-                    asks.push((node, channel.clone()));
-                }
-            }
-            if acquire.waiting.is_empty() {
-                finished.push(channel.clone());
-            }
-        }
-        for (node, channel) in asks {
-            self.send(node, ChannelMsg::StateRequest { channel });
-        }
-        for channel in finished {
+        let channels: Vec<String> = self.acquiring.keys().cloned().collect();
+        for channel in channels {
+            self.ask_for_state(&channel);
             self.finish_acquire_if_done(&channel);
         }
     }
 
     fn finish_acquire_if_done(&mut self, channel: &str) {
-        let done = self
-            .acquiring
-            .get(channel)
-            .is_some_and(|a| a.waiting.is_empty() && a.not_ready.is_empty());
+        let done = self.acquiring.contains_key(channel) && self.unanswered(channel).is_empty();
         if !done {
             return;
         }

@@ -57,6 +57,9 @@ pub struct RegionState {
     known: usize,
     /// Fewer live nodes than configured copies: publishes are acknowledged with fewer.
     degraded: bool,
+    /// Whether the mesh says this node has met its region (see `MeshView::settled`);
+    /// a node that has not takes over no channel.
+    settled: bool,
     ring: Ring,
     masters: HashMap<String, MasterSlot>,
     replicas: HashMap<String, Replica>,
@@ -78,6 +81,7 @@ impl RegionState {
             live: BTreeSet::new(),
             known: 1,
             degraded: false,
+            settled: true,
             ring: Ring::new(DEFAULT_VNODES),
             masters: HashMap::new(),
             replicas: HashMap::new(),
@@ -111,6 +115,10 @@ impl RegionState {
         self.reroute_clients();
     }
 
+    pub fn set_settled(&mut self, settled: bool) {
+        self.settled = settled;
+    }
+
     pub fn set_clock(&mut self, now_ms: i64) {
         self.now_ms = now_ms;
     }
@@ -140,10 +148,11 @@ impl RegionState {
                 lost,
             } => self.on_subscribed(from, &channel, position, missed, lost),
             ChannelMsg::Sequenced {
+                after,
                 channel,
                 position,
                 frame,
-            } => self.on_sequenced(from, &channel, position, frame),
+            } => self.on_sequenced(from, &channel, after, position, frame),
             ChannelMsg::Published { req, result } => self.on_published(req, result),
             ChannelMsg::HistoryPage { req, result } => self.on_history_page(req, result),
             ChannelMsg::NotMaster { channel } => {
@@ -335,6 +344,7 @@ pub struct RegionStats {
     pub live_nodes: usize,
     pub known_nodes: usize,
     pub quorum: bool,
+    pub settled: bool,
 }
 
 /// The handle connections and REST use to reach the region task.
@@ -501,6 +511,7 @@ fn apply_view(state: &mut RegionState, view: &MeshView) {
         version = view.version,
         "region view changed"
     );
+    state.set_settled(view.settled);
     state.set_view(live, view.known);
 }
 
@@ -561,6 +572,7 @@ fn handle_command(state: &mut RegionState, command: Command) {
                 live_nodes: state.live.len(),
                 known_nodes: state.known,
                 quorum: state.has_quorum(),
+                settled: state.settled,
             };
             let _ = reply.send(stats);
         }

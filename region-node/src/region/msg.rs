@@ -40,8 +40,10 @@ pub enum ChannelMsg {
         missed: Vec<Entry>,
         lost: bool,
     },
-    /// Master → subscribed clients: a committed frame, the last position it holds.
+    /// Master → subscribed clients: a committed frame, the last position it holds,
+    /// and the position of the frame committed before it (to detect a lost frame).
     Sequenced {
+        after: Position,
         channel: String,
         position: Position,
         frame: ProtocolMessage,

@@ -645,6 +645,7 @@ fn describe(msg: &ChannelMsg) -> String {
             channel,
             position,
             frame,
+            ..
         } => format!(
             "Sequenced {channel} {} {:?}",
             short(position),
