@@ -385,17 +385,22 @@ async fn write_loop(mut writer: Writer, mut rx: mpsc::UnboundedReceiver<Bytes>) 
 
 async fn read_loop(inner: Arc<Inner>, peer: String, mut reader: Reader) {
     while let Some(frame) = reader.next().await {
-        let msg = match frame
-            .map_err(anyhow::Error::from)
-            .and_then(|f| Ok(wire::decode(&f)?))
-        {
-            Ok(msg) => msg,
+        // A read error is the link ending, which `watch_link` reports; a frame that
+        // does not decode is a misbehaving peer.
+        let frame = match frame {
+            Ok(frame) => frame,
             Err(error) => {
-                warn!("bad frame from mesh peer: {error:#}");
+                debug!("mesh link ended: {error}");
                 return;
             }
         };
-        on_message(&inner, &peer, msg);
+        match wire::decode(&frame) {
+            Ok(msg) => on_message(&inner, &peer, msg),
+            Err(error) => {
+                warn!("undecodable frame from mesh peer: {error}");
+                return;
+            }
+        }
     }
 }
 
