@@ -24,6 +24,9 @@ use crate::node::{now_ms, Connections, Node};
 use crate::region::{MeshLink, Region};
 use crate::{describe, health, rest, ws};
 
+/// How long draining waits for clients to be told to go.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How often region statistics are exported as metrics.
 const STATS_PERIOD: Duration = Duration::from_secs(5);
 
@@ -150,6 +153,7 @@ pub async fn serve(
                 .connections
                 .disconnect_all(&AblyError::Draining.to_info());
             info!(connections = sent, "draining: clients sent away");
+            wait_for_connections_to_close(&node).await;
         }
     };
     let app = router(node.clone(), metrics).into_make_service_with_connect_info::<SocketAddr>();
@@ -167,6 +171,15 @@ pub async fn serve(
     }
     info!("region node stopped");
     Ok(())
+}
+
+/// Gives connection tasks a moment to put their DISCONNECTED on the wire; the
+/// runtime ends with the server, and would cut them off mid-write.
+async fn wait_for_connections_to_close(node: &Node) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while !node.connections.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A node that cannot see a majority of its region must not serve its clients from

@@ -201,3 +201,31 @@ async fn params_in_a_channel_name_are_refused_rather_than_silently_split() -> Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_draining_node_sends_its_clients_away_with_disconnected() -> Result<()> {
+    let node = Node::start().await?;
+    let mut client = Client::connect(&node, "", Format::Msgpack).await?;
+    client.attach("drain").await?;
+
+    let pid = node.describe().regions[0].nodes[0].pid;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -TERM failed");
+
+    // DISCONNECTED (not ERROR) is what makes ably-js reconnect, to another node.
+    let frame = client
+        .recv_until(
+            |f| is_action(f, action::DISCONNECTED) || is_action(f, action::ERROR),
+            WAIT,
+        )
+        .await?;
+    ensure!(
+        is_action(&frame, action::DISCONNECTED),
+        "expected DISCONNECTED, got {frame}"
+    );
+    ensure!(frame["error"]["code"] == 50003, "{frame}");
+    client.expect_closed(WAIT).await?;
+    Ok(())
+}
