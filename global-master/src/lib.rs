@@ -4,8 +4,26 @@
 //!
 //! - [`state`]: the replicated state machine as a plain, deterministic value (no I/O).
 //! - [`store`]: openraft's log store and state machine over it, persisted with redb.
+//! - [`network`]: openraft's RPCs to the other members over gRPC with mutual TLS.
+//! - [`service`]: the gRPC `Raft` and `Control` services a member serves.
+//! - [`api`]: what travels in the Control API's byte fields, and its encoding.
+//! - [`client`]: a Control API client that follows the leader.
+//! - [`member`], [`http`], [`server`], [`config`]: a running member, its HTTP endpoints
+//!   (health, metrics), its startup and shutdown, and its configuration.
+//! - [`ca`], [`files`]: the cluster CA and certificates; atomic private files.
 //!
-//! The raft network, the gRPC API and the `global-master` binary build on these.
+//! The `global-master` binary (`src/main.rs`) runs a member and holds the operator
+//! subcommands.
 
+pub mod api;
+pub mod ca;
+pub mod client;
+pub mod config;
+pub mod files;
+pub mod http;
+pub mod member;
+pub mod network;
+pub mod server;
+pub mod service;
 pub mod state;
 pub mod store;
