@@ -8,12 +8,16 @@
 //! | `Control.Write` | [`Command`] | [`Response`] (empty when `leader_hint` redirects) |
 //! | `Control.Read` | [`ReadRequest`] | [`ReadReply`] (empty when `leader_hint` redirects) |
 //! | `Control.Watch` | — | each `WatchEvent.change` is a [`Change`], or a [`Catalog`] when `snapshot` is set |
+//! | `Control.ChangeMembers` | [`MembershipChange`] | [`MembershipReply`] (empty when `leader_hint` redirects) |
 //! | `Raft.*` | openraft's request | `Result<openraft response, RaftError>` |
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::state::{App, Catalog, Change, Home};
+use crate::store::NodeId;
 
 // Re-exported so clients name every payload type through this module.
 pub use crate::state::{Command, Response};
@@ -99,6 +103,24 @@ impl Query {
             Query::App { app_id } => Answer::App(catalog.app(app_id).cloned()),
         }
     }
+}
+
+/// The payload of `Control.ChangeMembers`: an operator's change to the raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Adds a member as a learner, waits until it has caught up with the log, then
+    /// promotes it to voter. Repeating it after a partial failure finishes the job.
+    Add { id: NodeId, raft_addr: String },
+    /// Removes a voter or a learner from the group.
+    Remove { id: NodeId },
+}
+
+/// The payload of a `Control.ChangeMembers` reply: the membership once the change is
+/// committed, raft addresses by member id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipReply {
+    pub voters: BTreeMap<NodeId, String>,
+    pub learners: BTreeMap<NodeId, String>,
 }
 
 /// One event of the watch stream, decoded.

@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use starling_proto::global::control_client::ControlClient;
 use starling_proto::global::{
-    CommandBytes, ReadRequest as ReadBytes, ResponseBytes, StatusReply, StatusRequest, WatchEvent,
-    WatchRequest,
+    CommandBytes, MembershipBytes, ReadRequest as ReadBytes, ResponseBytes, StatusReply,
+    StatusRequest, WatchEvent, WatchRequest,
 };
 use starling_proto::tls::{client_tls, TlsError, TlsFiles, SERVER_NAME};
 use tokio::time::Instant;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status, Streaming};
 
-use crate::api::{self, CodecError, ReadReply, ReadRequest};
+use crate::api::{self, CodecError, MembershipChange, MembershipReply, ReadReply, ReadRequest};
 use crate::network::{endpoint, MAX_MESSAGE_BYTES};
 use crate::state::{Command, Response};
 
@@ -54,6 +54,7 @@ pub fn retriable(status: &Status) -> bool {
 enum Rpc {
     Write,
     Read,
+    ChangeMembers,
 }
 
 /// A Control API client for a group of members.
@@ -139,6 +140,20 @@ impl Client {
         let payload = api::encode("read request", request)?;
         let reply = self.call_leader(Rpc::Read, payload, deadline).await?;
         Ok(api::decode("read reply", &reply)?)
+    }
+
+    /// Adds or removes a raft member through the leader, resending the change while a
+    /// step is not finished yet (a learner catching up), until `deadline`.
+    pub async fn change_members(
+        &mut self,
+        change: &MembershipChange,
+        deadline: Duration,
+    ) -> Result<MembershipReply, ClientError> {
+        let payload = api::encode("membership change", change)?;
+        let reply = self
+            .call_leader(Rpc::ChangeMembers, payload, deadline)
+            .await?;
+        Ok(api::decode("membership", &reply)?)
     }
 
     /// A read answered by the member at `addr` itself; one attempt. A linearizable read
@@ -255,6 +270,7 @@ impl Client {
         let reply = match rpc {
             Rpc::Write => control.write(CommandBytes { payload }).await,
             Rpc::Read => control.read(ReadBytes { payload }).await,
+            Rpc::ChangeMembers => control.change_members(MembershipBytes { payload }).await,
         };
         reply
             .map(tonic::Response::into_inner)

@@ -17,10 +17,18 @@
 //!
 //! [cluster]
 //! members = [
-//!   { id = 1, raft_addr = "gm-1:7100", http_addr = "gm-1:7101" },
-//!   { id = 2, raft_addr = "gm-2:7100", http_addr = "gm-2:7101" },
-//!   { id = 3, raft_addr = "gm-3:7100", http_addr = "gm-3:7101" },
+//!   { id = 1, raft_addr = "gm-1:7100", http_addr = "gm-1:7101", region = "eu" },
+//!   { id = 2, raft_addr = "gm-2:7100", http_addr = "gm-2:7101", region = "us" },
+//!   { id = 3, raft_addr = "gm-3:7100", http_addr = "gm-3:7101", region = "ap" },
 //! ]
+//!
+//! [homes]
+//! idle_expiry_ms = 86400000     # forget homes of channels idle this long (0: never)
+//! expiry_interval_ms = 60000    # how often the leader looks for them
+//!
+//! [regions]
+//! lost_after_ms = 0             # declare a silent region lost after this long (0: never)
+//! check_interval_ms = 1000      # how often the leader looks for silent regions
 //!
 //! [tls]
 //! ca_cert = "ca.pem"
@@ -48,6 +56,8 @@ pub struct Config {
     pub member: MemberConfig,
     pub listen: ListenConfig,
     pub cluster: ClusterConfig,
+    pub homes: HomesConfig,
+    pub regions: RegionsConfig,
     pub tls: TlsConfig,
     pub log: LogConfig,
 }
@@ -105,6 +115,34 @@ pub struct MemberAddr {
     /// `host:port` of the member's `listen.http`, reported by Status.
     #[serde(default)]
     pub http_addr: String,
+    /// The region the member runs in, if it runs beside one. Only read to warn about
+    /// layouts that one region's loss would stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// The leader's timer over channel homes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HomesConfig {
+    /// The leader forgets the home of a channel not used for this long (its next use
+    /// assigns a new one, under a higher epoch). 0: homes never expire.
+    pub idle_expiry_ms: u64,
+    /// How often the leader commits the expiry.
+    pub expiry_interval_ms: u64,
+}
+
+/// The leader's timer over regions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegionsConfig {
+    /// The leader declares a region lost (re-homing its channels) once none of its nodes
+    /// sent a heartbeat for this long, and only after leading for this long itself. 0
+    /// (the default): only an operator declares a region lost, because a region cut off
+    /// from the global master may still be serving its clients.
+    pub lost_after_ms: u64,
+    /// How often the leader looks for silent regions.
+    pub check_interval_ms: u64,
 }
 
 /// The cluster CA and this member's certificate. Required: raft and the Control API
@@ -161,6 +199,24 @@ impl Default for ClusterConfig {
             snapshot_logs: 5_000,
             snapshot_keep_logs: 1_000,
             request_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for HomesConfig {
+    fn default() -> Self {
+        Self {
+            idle_expiry_ms: 24 * 60 * 60 * 1000,
+            expiry_interval_ms: 60_000,
+        }
+    }
+}
+
+impl Default for RegionsConfig {
+    fn default() -> Self {
+        Self {
+            lost_after_ms: 0,
+            check_interval_ms: 1_000,
         }
     }
 }
@@ -254,16 +310,37 @@ pub fn load_with_env(file: Option<&Path>, env: &[(String, String)]) -> Result<Lo
     }
 
     let config: Config = figment.extract().map_err(Box::new)?;
-    if config.cluster.members.len().is_multiple_of(2) && !config.cluster.members.is_empty() {
+    warnings.extend(layout_warnings(&config.cluster));
+    Ok(Loaded { config, warnings })
+}
+
+/// Layouts that work but fail worse than the operator likely expects.
+fn layout_warnings(cluster: &ClusterConfig) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let voters = cluster.members.len();
+    if voters > 0 && voters.is_multiple_of(2) {
         warnings.push(format!(
-            "cluster.members has {} voters, an even number: a group of {n} tolerates no more \
-             failures than a group of {m}, and a split in half stops it. Use 3 or 5 members.",
-            config.cluster.members.len(),
-            n = config.cluster.members.len(),
-            m = config.cluster.members.len() - 1,
+            "LAYOUT: cluster.members has {voters} voters, an even number: a group of {voters} \
+             tolerates no more failures than a group of {fewer}, and a split in half stops \
+             it. Use 3 or 5 members.",
+            fewer = voters - 1,
         ));
     }
-    Ok(Loaded { config, warnings })
+
+    // Only a layout where every member names its region can be judged.
+    let regions: Option<BTreeSet<&str>> = (cluster.members.iter())
+        .map(|m| m.region.as_deref())
+        .collect();
+    if let Some(regions) = regions.filter(|r| r.len() == 2) {
+        let names: Vec<&str> = regions.into_iter().collect();
+        warnings.push(format!(
+            "LAYOUT: the {voters} voters of cluster.members run in only two regions ({}): \
+             losing the region that holds the majority stops the global master. Put a \
+             member in a third region.",
+            names.join(", "),
+        ));
+    }
+    warnings
 }
 
 /// Separates `STARLING_*` variables that name a configuration key from those that
@@ -366,6 +443,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     if cluster.request_timeout_ms == 0 {
         return bad("cluster.request_timeout_ms must be at least 1".into());
     }
+    if config.homes.idle_expiry_ms > 0 && config.homes.expiry_interval_ms == 0 {
+        return bad("homes.expiry_interval_ms must be at least 1 when homes expire".into());
+    }
+    if config.regions.lost_after_ms > 0 && config.regions.check_interval_ms == 0 {
+        return bad("regions.check_interval_ms must be at least 1 when regions expire".into());
+    }
     Ok(())
 }
 
@@ -431,6 +514,54 @@ mod tests {
     }
 
     #[test]
+    fn voters_in_only_two_regions_are_warned_about() {
+        let members = |regions: [&str; 3]| {
+            let list: Vec<String> = (regions.iter().enumerate())
+                .map(|(i, r)| format!("{{ id = {}, raft_addr = \"m{i}:1\"{r} }}", i + 1))
+                .collect();
+            let f = file(&format!("[cluster]\nmembers = [{}]\n", list.join(", ")));
+            load_with_env(Some(f.path()), &[]).unwrap().warnings
+        };
+
+        let two = members([", region = \"eu\"", ", region = \"us\"", ", region = \"eu\""]);
+        assert_eq!(two.len(), 1, "{two:?}");
+        assert!(two[0].contains("only two regions (eu, us)"), "{two:?}");
+
+        let three = members([", region = \"eu\"", ", region = \"us\"", ", region = \"ap\""]);
+        assert!(three.is_empty(), "{three:?}");
+        // A member without a region leaves the layout unknown: no guess, no warning.
+        let unknown = members([", region = \"eu\"", ", region = \"us\"", ""]);
+        assert!(unknown.is_empty(), "{unknown:?}");
+    }
+
+    #[test]
+    fn an_even_number_of_voters_in_two_regions_gets_both_warnings() {
+        let f = file(
+            "[cluster]\nmembers = [{ id = 1, raft_addr = \"a:1\", region = \"eu\" }, \
+             { id = 2, raft_addr = \"b:1\", region = \"us\" }]\n",
+        );
+        let warnings = load_with_env(Some(f.path()), &[]).unwrap().warnings;
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings.iter().all(|w| w.starts_with("LAYOUT")));
+    }
+
+    #[test]
+    fn timers_have_defaults_and_env_overrides() {
+        let defaults = load_with_env(None, &[]).unwrap().config;
+        assert_eq!(defaults.homes.idle_expiry_ms, 86_400_000);
+        assert_eq!(defaults.regions.lost_after_ms, 0);
+
+        let env = vec![
+            ("STARLING_HOMES__IDLE_EXPIRY_MS".into(), "1500".into()),
+            ("STARLING_REGIONS__LOST_AFTER_MS".into(), "2000".into()),
+        ];
+        let loaded = load_with_env(None, &env).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(loaded.config.homes.idle_expiry_ms, 1500);
+        assert_eq!(loaded.config.regions.lost_after_ms, 2000);
+    }
+
+    #[test]
     fn nonsense_is_refused() {
         let refuse = |text: &str| {
             let f = file(&format!("{text}\n{TLS}"));
@@ -443,6 +574,10 @@ mod tests {
                 .contains("not among")
         );
         assert!(refuse("[cluster]\nheartbeat_ms = 500").contains("heartbeat_ms <"));
+        assert!(refuse("[homes]\nexpiry_interval_ms = 0").contains("homes.expiry_interval_ms"));
+        assert!(
+            refuse("[regions]\nlost_after_ms = 5\ncheck_interval_ms = 0").contains("regions.")
+        );
 
         let no_tls = load_with_env(None, &[]).unwrap().config;
         assert!(validate(&no_tls).unwrap_err().to_string().contains("tls"));

@@ -10,6 +10,10 @@
 //! - [`client`]: a Control API client that follows the leader.
 //! - [`member`], [`http`], [`server`], [`config`]: a running member, its HTTP endpoints
 //!   (health, metrics), its startup and shutdown, and its configuration.
+//! - [`membership`]: raft members added (learner, then voter) and removed by operators.
+//! - [`timers`]: what only the leader does on a clock (home expiry, silent regions).
+//! - [`operator`]: what the operator subcommands show and send.
+//! - [`embedded`]: a one-member group inside a region node (the no-argument default).
 //! - [`ca`], [`files`]: the cluster CA and certificates; atomic private files.
 //!
 //! The `global-master` binary (`src/main.rs`) runs a member and holds the operator
@@ -19,11 +23,15 @@ pub mod api;
 pub mod ca;
 pub mod client;
 pub mod config;
+pub mod embedded;
 pub mod files;
 pub mod http;
 pub mod member;
+pub mod membership;
 pub mod network;
+pub mod operator;
 pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod timers;

@@ -23,12 +23,13 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{ClusterConfig, Config};
 use crate::files::atomic_write;
 use crate::member::Member;
 use crate::network::{Network, MAX_MESSAGE_BYTES};
 use crate::service::{ControlService, RaftService};
-use crate::store::{self, NodeId, Raft};
+use crate::store::{self, NodeId, Raft, StateReader};
+use crate::timers::LeaderTimers;
 
 /// The store's file inside `member.data_dir`.
 pub const STORE_FILE: &str = "global-master.redb";
@@ -86,29 +87,9 @@ pub async fn serve(
         .with_context(|| format!("binding listen.http {}", config.listen.http))?;
     let http_addr = http_listener.local_addr()?;
 
-    let data_dir = &config.member.data_dir;
-    claim_data_dir(data_dir, id)?;
-    let (log, state_machine) = store::open(data_dir.join(STORE_FILE))
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let reader = state_machine.reader();
-
+    let network = Network::new(id, client_tls, backoff_for(&config.cluster));
+    let (raft, reader) = start_raft(id, &config.member.data_dir, &config.cluster, network).await?;
     let cluster = &config.cluster;
-    let raft_config = openraft::Config {
-        cluster_name: "starling-global-master".into(),
-        heartbeat_interval: cluster.heartbeat_ms,
-        election_timeout_min: cluster.election_timeout_min_ms,
-        election_timeout_max: cluster.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(cluster.snapshot_logs),
-        max_in_snapshot_log_to_keep: cluster.snapshot_keep_logs,
-        ..Default::default()
-    }
-    .validate()
-    .context("raft timers")?;
-    let backoff = Duration::from_millis((cluster.heartbeat_ms * 2).clamp(100, 1_000));
-    let network = Network::new(id, client_tls, backoff);
-    let raft = Raft::new(id, Arc::new(raft_config), network, log, state_machine)
-        .await
-        .context("starting raft")?;
 
     // The initial voters: the configured members, or this member alone where it bound.
     let (voters, http_addrs) = if cluster.members.is_empty() {
@@ -165,6 +146,14 @@ pub async fn serve(
         tokio::spawn(async move { serving.await })
     };
     tokio::spawn(crate::http::export_metrics(member.clone()));
+    let timers = LeaderTimers {
+        raft: raft.clone(),
+        reader: member.reader.clone(),
+        homes: config.homes.clone(),
+        regions: config.regions.clone(),
+        request_timeout: cluster.request_timeout(),
+    };
+    tokio::spawn(timers.run(stopping.clone()));
 
     if cluster.is_bootstrapper(id) {
         bootstrap(&raft, voters).await?;
@@ -208,9 +197,45 @@ pub async fn serve(
     Ok(())
 }
 
+/// Opens (or creates) a member's store in `data_dir` and starts its raft core, which
+/// talks to the other members through `network`. Shared by the standalone member and
+/// the one a region node embeds.
+pub async fn start_raft(
+    id: NodeId,
+    data_dir: &Path,
+    cluster: &ClusterConfig,
+    network: Network,
+) -> anyhow::Result<(Raft, StateReader)> {
+    claim_data_dir(data_dir, id)?;
+    let (log, state_machine) = store::open(data_dir.join(STORE_FILE))
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let reader = state_machine.reader();
+
+    let raft_config = openraft::Config {
+        cluster_name: "starling-global-master".into(),
+        heartbeat_interval: cluster.heartbeat_ms,
+        election_timeout_min: cluster.election_timeout_min_ms,
+        election_timeout_max: cluster.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cluster.snapshot_logs),
+        max_in_snapshot_log_to_keep: cluster.snapshot_keep_logs,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft timers")?;
+    let raft = Raft::new(id, Arc::new(raft_config), network, log, state_machine)
+        .await
+        .context("starting raft")?;
+    Ok((raft, reader))
+}
+
+/// How long the network waits before retrying an unreachable peer.
+pub fn backoff_for(cluster: &ClusterConfig) -> Duration {
+    Duration::from_millis((cluster.heartbeat_ms * 2).clamp(100, 1_000))
+}
+
 /// Forms the group from the initial voters, unless this member's log already holds a
 /// membership (a restart, or a group another member formed).
-async fn bootstrap(raft: &Raft, voters: BTreeMap<NodeId, BasicNode>) -> anyhow::Result<()> {
+pub async fn bootstrap(raft: &Raft, voters: BTreeMap<NodeId, BasicNode>) -> anyhow::Result<()> {
     if raft.is_initialized().await? {
         info!("the group is already formed; resuming");
         return Ok(());

@@ -17,6 +17,9 @@
 //!   catalog first when `from_version` is 0 or older than the change log reaches, then
 //!   every change in version order.
 //! - `Status` is this member's view of the group.
+//! - `ChangeMembers` adds or removes a raft member on the leader (see
+//!   [`crate::membership`]); followers redirect like `Write`, and a step that does not
+//!   finish within `cluster.request_timeout_ms` fails as `UNAVAILABLE`, to be resent.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,8 +31,8 @@ use serde::Serialize;
 use starling_proto::global::control_server::Control;
 use starling_proto::global::raft_server::Raft as RaftRpc;
 use starling_proto::global::{
-    CommandBytes, RaftBytes, ReadRequest as ReadBytes, ResponseBytes, StatusReply, StatusRequest,
-    WatchEvent, WatchRequest,
+    CommandBytes, MembershipBytes, RaftBytes, ReadRequest as ReadBytes, ResponseBytes,
+    StatusReply, StatusRequest, WatchEvent, WatchRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,6 +41,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{self, Consistency, ReadReply};
 use crate::member::Member;
+use crate::membership::{self, MembershipError};
 use crate::state::{Catalog, Change, ChangesSince, Command};
 use crate::store::{NodeId, StateReader};
 
@@ -205,6 +209,41 @@ impl Control for ControlService {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         Ok(Response::new(self.member.status().await))
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<MembershipBytes>,
+    ) -> Result<Response<ResponseBytes>, Status> {
+        let change = api::decode("membership change", &request.into_inner().payload)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let member = &self.member;
+        let reply = match membership::change(&member.raft, change, member.request_timeout).await {
+            Ok(reply) => reply,
+            Err(MembershipError::NotLeader(forward)) => return redirect(forward),
+            Err(error) => return Err(membership_status(error)),
+        };
+        let payload =
+            api::encode("membership", &reply).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ResponseBytes {
+            payload,
+            leader_hint: String::new(),
+        }))
+    }
+}
+
+/// The gRPC status of a refused membership change: retriable ones as `UNAVAILABLE`.
+fn membership_status(error: MembershipError) -> Status {
+    let message = error.to_string();
+    match error {
+        MembershipError::NotLeader(_) | MembershipError::NotYet(_) => {
+            Status::unavailable(message)
+        }
+        MembershipError::Stopped(_) => Status::unavailable(message),
+        MembershipError::NoSuchMember(_) => Status::not_found(message),
+        MembershipError::OtherAddress { .. } | MembershipError::Refused(_) => {
+            Status::failed_precondition(message)
+        }
     }
 }
 

@@ -1,17 +1,22 @@
-//! Apps and their API keys: declared in the configuration, or created through the
-//! admin API and kept in the data directory until the global master holds them.
+//! Apps and their API keys, as this node knows them: those declared in its
+//! configuration file, and those the global master holds (created through the admin
+//! API of any node), mirrored by [`crate::control`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+use starling_global::state;
 
 use crate::capability::Capability;
-use crate::config::{default_capability, AppConfig, KeyConfig};
-use crate::data_dir::{atomic_write, random_string};
+use crate::config::{default_capability, AppConfig};
+use crate::data_dir::random_string;
 use crate::error::AblyError;
+
+/// The id of the app a node creates when it finds no app at all, so a bare node is
+/// usable. One fixed id: nodes sharing a global master share that app.
+pub const DEFAULT_APP_ID: &str = "default";
 
 /// An API key. `name` is `<app id>.<key id>`; the full key string is `name:secret`.
 #[derive(Debug)]
@@ -44,15 +49,6 @@ pub struct App {
     pub from_config: bool,
 }
 
-/// What the admin API and the data directory store for an app.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredApp {
-    pub id: String,
-    pub keys: Vec<KeyConfig>,
-    #[serde(default)]
-    pub namespaces: Vec<Namespace>,
-}
-
 /// A request to create an app: the sandbox provisioning body's useful parts.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NewApp {
@@ -71,36 +67,77 @@ pub struct NewKey {
 #[derive(Default)]
 struct Tables {
     apps: HashMap<String, Arc<App>>,
-    /// App ids in the order they were declared or created: the first is the node's
-    /// default app, the one its banner and describe file show first.
+    /// App ids in listing order: configured apps as declared, then the default app,
+    /// then the others by id. The first is the one the banner and describe file show.
     order: Vec<String>,
     keys: HashMap<String, (Arc<App>, Arc<Key>)>,
 }
 
 pub struct AppRegistry {
+    configured: Vec<Arc<App>>,
     tables: RwLock<Tables>,
-    store: PathBuf,
 }
 
 impl AppRegistry {
-    /// Loads config apps and stored apps. When there are none at all, creates (and
-    /// stores) a default app whose key allows everything, so a bare node is usable.
-    pub fn open(configured: &[AppConfig], store: PathBuf) -> anyhow::Result<Self> {
+    /// Starts with the configured apps; the control plane's arrive with [`Self::sync`].
+    pub fn open(configured: &[AppConfig]) -> anyhow::Result<Self> {
+        let configured = configured
+            .iter()
+            .map(|app| {
+                let keys = app
+                    .keys
+                    .iter()
+                    .map(|k| (k.id.clone(), k.secret.clone(), k.capability.clone()));
+                build_app(&app.id, keys, Vec::new(), true).map(Arc::new)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let registry = Self {
+            configured,
             tables: RwLock::new(Tables::default()),
-            store,
         };
-
-        for app in configured {
-            registry.insert(build_app(&app.id, &app.keys, Vec::new(), true)?);
-        }
-        for app in registry.read_store()? {
-            registry.insert(build_app(&app.id, &app.keys, app.namespaces, false)?);
-        }
-        if registry.tables.read().apps.is_empty() {
-            registry.create(NewApp::default())?;
-        }
+        registry.sync(std::iter::empty());
         Ok(registry)
+    }
+
+    /// Replaces the apps that come from the control plane with `apps`, and returns the
+    /// ids of those that are gone. A control-plane app with the id of a configured one
+    /// is ignored: the file wins on this node.
+    pub fn sync<'a>(&self, apps: impl Iterator<Item = &'a state::App>) -> Vec<String> {
+        let mut from_control: Vec<Arc<App>> = apps
+            .filter(|app| !self.configured.iter().any(|c| c.id == app.id))
+            .filter_map(|app| match from_state(app) {
+                Ok(app) => Some(Arc::new(app)),
+                Err(error) => {
+                    tracing::warn!(app.id = %app.id, "ignoring an app the node cannot use: {error:#}");
+                    None
+                }
+            })
+            .collect();
+        from_control.sort_by_key(|app| (app.id != DEFAULT_APP_ID, app.id.clone()));
+
+        let mut tables = Tables::default();
+        for app in self.configured.iter().chain(&from_control) {
+            for key in &app.keys {
+                tables
+                    .keys
+                    .insert(key.name.clone(), (app.clone(), key.clone()));
+            }
+            tables.apps.insert(app.id.clone(), app.clone());
+            tables.order.push(app.id.clone());
+        }
+
+        let mut current = self.tables.write();
+        let gone = (current.apps.keys())
+            .filter(|id| !tables.apps.contains_key(*id))
+            .cloned()
+            .collect();
+        *current = tables;
+        gone
+    }
+
+    /// Whether the node knows no app at all (then it creates the default one).
+    pub fn is_empty(&self) -> bool {
+        self.tables.read().apps.is_empty()
     }
 
     /// Checks a full key string `appId.keyId:secret`.
@@ -135,117 +172,89 @@ impl AppRegistry {
             .collect()
     }
 
-    /// Creates an app with fresh ids and secrets and stores it before returning.
-    pub fn create(&self, spec: NewApp) -> Result<Arc<App>, AblyError> {
-        let id = random_string(8);
-        let specs = if spec.keys.is_empty() {
-            vec![NewKey::default()]
-        } else {
-            spec.keys
-        };
-        let keys: Vec<KeyConfig> = specs
-            .into_iter()
-            .map(|k| KeyConfig {
-                id: random_string(8),
+    /// Refuses to delete an unknown app or one the configuration file declares.
+    pub fn check_deletable(&self, id: &str) -> Result<(), AblyError> {
+        match self.get(id) {
+            None => Err(AblyError::NotFound(format!("app {id}"))),
+            Some(app) if app.from_config => Err(AblyError::Forbidden(format!(
+                "app {id} is declared in the configuration file"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The control-plane record of a new app with fresh key ids and secrets; its
+/// capabilities are checked here so a bad one is refused before anything is written.
+pub fn new_app_record(id: &str, spec: NewApp) -> Result<state::App, AblyError> {
+    let specs = if spec.keys.is_empty() {
+        vec![NewKey::default()]
+    } else {
+        spec.keys
+    };
+    let keys = specs
+        .into_iter()
+        .map(|k| {
+            let capability = k.capability.unwrap_or_else(default_capability);
+            Capability::parse(&capability).map_err(|e| AblyError::InvalidBody(e.to_string()))?;
+            Ok(state::AppKey {
+                name: format!("{id}.{}", random_string(8)),
                 secret: random_string(40),
-                capability: k.capability.unwrap_or_else(default_capability),
+                capability,
             })
-            .collect();
-
-        let app = build_app(&id, &keys, spec.namespaces, false)
-            .map_err(|e| AblyError::InvalidBody(e.to_string()))?;
-        let app = self.insert(app);
-        self.write_store()
-            .map_err(|e| AblyError::Internal(format!("storing apps: {e}")))?;
-        Ok(app)
-    }
-
-    /// Removes an app created through the API. Apps from the configuration stay.
-    pub fn delete(&self, id: &str) -> Result<Arc<App>, AblyError> {
-        let removed = {
-            let mut tables = self.tables.write();
-            match tables.apps.get(id) {
-                None => return Err(AblyError::NotFound(format!("app {id}"))),
-                Some(app) if app.from_config => {
-                    return Err(AblyError::Forbidden(format!(
-                        "app {id} is declared in the configuration file"
-                    )));
-                }
-                Some(_) => {}
-            }
-            tables.keys.retain(|_, (app, _)| app.id != id);
-            tables.order.retain(|known| known != id);
-            tables.apps.remove(id).expect("checked above")
-        };
-        self.write_store()
-            .map_err(|e| AblyError::Internal(format!("storing apps: {e}")))?;
-        Ok(removed)
-    }
-
-    fn insert(&self, app: App) -> Arc<App> {
-        let app = Arc::new(app);
-        let mut tables = self.tables.write();
-        for key in &app.keys {
-            tables
-                .keys
-                .insert(key.name.clone(), (app.clone(), key.clone()));
-        }
-        if tables.apps.insert(app.id.clone(), app.clone()).is_none() {
-            tables.order.push(app.id.clone());
-        }
-        app
-    }
-
-    fn read_store(&self) -> anyhow::Result<Vec<StoredApp>> {
-        if !self.store.exists() {
-            return Ok(Vec::new());
-        }
-        Ok(serde_json::from_slice(&std::fs::read(&self.store)?)?)
-    }
-
-    fn write_store(&self) -> anyhow::Result<()> {
-        let stored: Vec<StoredApp> = self
-            .list()
-            .into_iter()
-            .filter(|app| !app.from_config)
-            .map(|app| StoredApp {
-                id: app.id.clone(),
-                keys: app.keys.iter().map(|k| to_key_config(&app.id, k)).collect(),
-                namespaces: app.namespaces.clone(),
-            })
-            .collect();
-        atomic_write(&self.store, &serde_json::to_vec_pretty(&stored)?)?;
-        Ok(())
-    }
-}
-
-fn to_key_config(app_id: &str, key: &Key) -> KeyConfig {
-    let id = key
-        .name
-        .strip_prefix(app_id)
-        .and_then(|s| s.strip_prefix('.'))
-        .unwrap_or(&key.name);
-    KeyConfig {
+        })
+        .collect::<Result<Vec<_>, AblyError>>()?;
+    let namespaces = spec
+        .namespaces
+        .into_iter()
+        .map(|n| state::Namespace {
+            id: n.id,
+            persisted: n.persisted,
+        })
+        .collect();
+    Ok(state::App {
         id: id.to_owned(),
-        secret: key.secret.clone(),
-        capability: key.capability_text.clone(),
-    }
+        keys,
+        namespaces,
+    })
 }
 
+/// A fresh random app id.
+pub fn new_app_id() -> String {
+    random_string(8)
+}
+
+fn from_state(app: &state::App) -> anyhow::Result<App> {
+    let prefix = format!("{}.", app.id);
+    let keys = app.keys.iter().map(|k| {
+        let id = k.name.strip_prefix(&prefix).unwrap_or(&k.name).to_owned();
+        (id, k.secret.clone(), k.capability.clone())
+    });
+    let namespaces = app
+        .namespaces
+        .iter()
+        .map(|n| Namespace {
+            id: n.id.clone(),
+            persisted: n.persisted,
+        })
+        .collect();
+    build_app(&app.id, keys, namespaces, false)
+}
+
+/// Builds an app from `(key id, secret, capability JSON)` triples.
 fn build_app(
     id: &str,
-    keys: &[KeyConfig],
+    keys: impl Iterator<Item = (String, String, String)>,
     namespaces: Vec<Namespace>,
     from_config: bool,
 ) -> anyhow::Result<App> {
     let keys = keys
-        .iter()
-        .map(|k| {
+        .map(|(key_id, secret, capability_text)| {
             Ok(Arc::new(Key {
-                name: format!("{id}.{}", k.id),
-                secret: k.secret.clone(),
-                capability_text: k.capability.clone(),
-                capability: Capability::parse(&k.capability)?,
+                name: format!("{id}.{key_id}"),
+                secret,
+                capability: Capability::parse(&capability_text)?,
+                capability_text,
             }))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -260,57 +269,85 @@ fn build_app(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::KeyConfig;
 
-    #[test]
-    fn created_apps_survive_a_reopen_and_authenticate() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("apps.json");
-        let registry = AppRegistry::open(&[], store.clone()).unwrap();
-        let default = registry.list()[0].clone();
+    fn configured() -> Vec<AppConfig> {
+        vec![AppConfig {
+            id: "cfg".into(),
+            keys: vec![KeyConfig {
+                id: "k".into(),
+                secret: "s".into(),
+                capability: default_capability(),
+            }],
+        }]
+    }
 
+    fn record(id: &str, capability: &str) -> state::App {
         let spec = NewApp {
             keys: vec![NewKey {
-                capability: Some(r#"{"a":["publish"]}"#.into()),
+                capability: Some(capability.into()),
             }],
             ..NewApp::default()
         };
-        let app = registry.create(spec).unwrap();
-        let key_str = app.keys[0].key_str();
+        new_app_record(id, spec).unwrap()
+    }
 
-        let reopened = AppRegistry::open(&[], store).unwrap();
-        assert_eq!(reopened.list().len(), 2, "default app plus the created one");
-        assert_eq!(
-            reopened.list()[0].id,
-            default.id,
-            "the default app stays first"
-        );
-        let (found, key) = reopened.authenticate(&key_str).unwrap();
-        assert_eq!(found.id, app.id);
+    #[test]
+    fn synced_apps_authenticate_after_the_configured_ones() {
+        let registry = AppRegistry::open(&configured()).unwrap();
+        let created = record("zz", r#"{"a":["publish"]}"#);
+        let default = record(DEFAULT_APP_ID, r#"{"*":["*"]}"#);
+        registry.sync([&created, &default].into_iter());
+
+        let ids: Vec<String> = registry.list().iter().map(|a| a.id.clone()).collect();
+        assert_eq!(ids, ["cfg", DEFAULT_APP_ID, "zz"]);
+        let key_str = format!("{}:{}", created.keys[0].name, created.keys[0].secret);
+        let (found, key) = registry.authenticate(&key_str).unwrap();
+        assert_eq!(found.id, "zz");
         assert!(key.capability.allows("a", "publish"));
-        assert!(reopened.get(&default.id).is_some());
+        assert!(registry.authenticate("cfg.k:s").is_ok());
+    }
+
+    #[test]
+    fn apps_gone_from_the_control_plane_stop_authenticating() {
+        let registry = AppRegistry::open(&[]).unwrap();
+        let created = record("gone", r#"{"*":["*"]}"#);
+        registry.sync(std::iter::once(&created));
+        let key_str = format!("{}:{}", created.keys[0].name, created.keys[0].secret);
+        assert!(registry.authenticate(&key_str).is_ok());
+
+        assert_eq!(registry.sync(std::iter::empty()), ["gone"]);
+        assert_eq!(registry.authenticate(&key_str).unwrap_err().code(), 40101);
+        assert!(registry.is_empty());
     }
 
     #[test]
     fn wrong_or_unknown_keys_are_refused_with_40101() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = AppRegistry::open(&[], dir.path().join("apps.json")).unwrap();
-        let key = registry.list()[0].keys[0].clone();
+        let registry = AppRegistry::open(&configured()).unwrap();
 
-        let wrong = format!("{}:nope", key.name);
-        assert_eq!(registry.authenticate(&wrong).unwrap_err().code(), 40101);
+        assert_eq!(
+            registry.authenticate("cfg.k:nope").unwrap_err().code(),
+            40101
+        );
         assert_eq!(registry.authenticate("x.y:z").unwrap_err().code(), 40101);
         assert_eq!(registry.authenticate("garbage").unwrap_err().code(), 40101);
     }
 
     #[test]
-    fn deleted_apps_stop_authenticating() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = AppRegistry::open(&[], dir.path().join("apps.json")).unwrap();
-        let app = registry.create(NewApp::default()).unwrap();
-        let key_str = app.keys[0].key_str();
+    fn configured_apps_cannot_be_deleted_and_unknown_ones_are_not_found() {
+        let registry = AppRegistry::open(&configured()).unwrap();
+        assert_eq!(registry.check_deletable("cfg").unwrap_err().code(), 40300);
+        assert_eq!(registry.check_deletable("nope").unwrap_err().code(), 40400);
+    }
 
-        registry.delete(&app.id).unwrap();
-        assert!(registry.authenticate(&key_str).is_err());
-        assert_eq!(registry.delete(&app.id).unwrap_err().code(), 40400);
+    #[test]
+    fn a_bad_capability_is_refused_before_anything_is_written() {
+        let spec = NewApp {
+            keys: vec![NewKey {
+                capability: Some("not json".into()),
+            }],
+            ..NewApp::default()
+        };
+        assert_eq!(new_app_record("x", spec).unwrap_err().code(), 40001);
     }
 }

@@ -26,7 +26,29 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub history: HistoryConfig,
     pub log: LogConfig,
+    pub global: GlobalConfig,
     pub apps: Vec<AppConfig>,
+}
+
+/// Where the node's control plane (apps, and later channel homes) lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GlobalConfig {
+    /// `listen.raft` addresses (`host:port`) of an external global master group,
+    /// reached with the `[tls]` certificate. Empty: the node runs a one-member global
+    /// master of its own, stored in `<data_dir>/global-master`.
+    pub members: Vec<String>,
+    /// How long creating or deleting an app may wait for the global master.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for GlobalConfig {
+    fn default() -> Self {
+        Self {
+            members: Vec::new(),
+            request_timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -367,6 +389,11 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     };
     if !plain(&config.node.id) || !plain(&config.node.region) {
         return bad("node.id and node.region must be non-empty letters, digits, '-' or '_'".into());
+    }
+    if !config.global.members.is_empty() && config.tls.files().is_none() {
+        return bad(
+            "global.members needs [tls] ca_cert, cert and key to reach the global master".into(),
+        );
     }
     if config.limits.max_message_size > config.limits.max_frame_size {
         return bad("limits.max_message_size must not exceed limits.max_frame_size".into());

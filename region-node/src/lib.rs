@@ -10,6 +10,7 @@ pub mod channels;
 pub mod config;
 pub mod connection;
 pub mod connection_key;
+pub mod control;
 pub mod data_dir;
 pub mod describe;
 pub mod error;

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 use crate::apps::AppRegistry;
+use crate::control::ControlPlane;
 use crate::config::Config;
 use crate::connection_key::KeySigner;
 use crate::mesh::Mesh;
@@ -17,12 +18,14 @@ use crate::region::Region;
 
 pub struct Node {
     pub config: Config,
-    pub apps: AppRegistry,
+    pub apps: Arc<AppRegistry>,
+    /// The global master, embedded or external: where apps are created and deleted.
+    pub control: Arc<ControlPlane>,
     /// The region task: channel masters, ChannelClients and copies.
     pub region: Region,
     /// The region mesh, when this node has peers.
     pub mesh: Option<Mesh>,
-    pub connections: Connections,
+    pub connections: Arc<Connections>,
     pub keys: KeySigner,
     pub admin_token: String,
 }

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::apps::AppRegistry;
 use crate::config::Config;
 use crate::connection_key::KeySigner;
+use crate::control::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::error::AblyError;
 use crate::mesh::{MemberInfo, Mesh, MeshSettings};
@@ -36,7 +37,11 @@ pub async fn build_node(config: Config, client_addr: SocketAddr) -> anyhow::Resu
     let data = DataDir::open(&config.node.data_dir)
         .with_context(|| format!("opening data directory {}", config.node.data_dir.display()))?;
     let secrets = data.secrets().context("reading node secrets")?;
-    let apps = AppRegistry::open(&config.apps, data.path("apps.json")).context("loading apps")?;
+    let apps = Arc::new(AppRegistry::open(&config.apps).context("loading apps")?);
+    let connections = Arc::new(Connections::default());
+    let control = ControlPlane::start(&config, &data, apps.clone(), connections.clone())
+        .await
+        .context("starting the control plane")?;
 
     let (mesh, link) = match start_mesh(&config, client_addr).await? {
         Some((mesh, inbound)) => (Some(mesh.clone()), Some(MeshLink { mesh, inbound })),
@@ -59,7 +64,8 @@ pub async fn build_node(config: Config, client_addr: SocketAddr) -> anyhow::Resu
         region,
         mesh,
         apps,
-        connections: Connections::default(),
+        control,
+        connections,
         keys: KeySigner::new(&cluster_secret),
         admin_token,
         config,

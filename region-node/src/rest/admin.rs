@@ -64,7 +64,7 @@ pub async fn create(
     headers: HeaderMap,
     body: RestBody,
 ) -> Response {
-    negotiation.respond(try_create(&node, &headers, peer, &body))
+    negotiation.respond(try_create(&node, &headers, peer, &body).await)
 }
 
 pub async fn delete(
@@ -74,10 +74,10 @@ pub async fn delete(
     headers: HeaderMap,
     app_id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    negotiation.respond(try_delete(&node, &headers, peer, app_id))
+    negotiation.respond(try_delete(&node, &headers, peer, app_id).await)
 }
 
-fn try_create(
+async fn try_create(
     node: &Node,
     headers: &HeaderMap,
     peer: Peer,
@@ -91,12 +91,12 @@ fn try_create(
     };
 
     // An empty key list still yields one key that may do anything (see AppRegistry).
-    let app = node.apps.create(new_app(spec)?)?;
+    let app = node.control.create_app(new_app(spec)?).await?;
     info!(app.id = %app.id, keys = app.keys.len(), "app created");
     Ok(Reply::created(describe(&app)))
 }
 
-fn try_delete(
+async fn try_delete(
     node: &Node,
     headers: &HeaderMap,
     peer: Peer,
@@ -105,12 +105,9 @@ fn try_delete(
     authorize_admin(node, headers, peer)?;
     let Path(app_id) = app_id.map_err(|e| AblyError::NotFound(e.body_text()))?;
 
-    node.apps.delete(&app_id)?;
-    // The keys are gone, so live connections lose their credentials: tell them with
-    // the same code a connect with a deleted key gets.
-    let info = AblyError::InvalidCredentials("app deleted".into()).to_info();
-    let closed = node.connections.fail_app(&app_id, &info);
-    info!(app.id = %app_id, connections.closed = closed, "app deleted");
+    // The control plane's copy tells this node's connections of the app once the
+    // deletion is applied here (and every other node's when it reaches them).
+    node.control.delete_app(&app_id).await?;
 
     Ok(Reply {
         status: StatusCode::NO_CONTENT,

@@ -114,14 +114,14 @@ impl Fixture {
     }
 
     /// A key on a new app with the given capability.
-    fn key_with(&self, capability: &str) -> String {
+    async fn key_with(&self, capability: &str) -> String {
         let spec = NewApp {
             keys: vec![NewKey {
                 capability: Some(capability.into()),
             }],
             ..NewApp::default()
         };
-        let app = self.node.apps.create(spec).unwrap();
+        let app = self.node.control.create_app(spec).await.unwrap();
         format!("Basic {}", BASE64.encode(app.keys[0].key_str()))
     }
 }
@@ -323,7 +323,7 @@ async fn the_key_param_authenticates_and_capabilities_are_enforced() {
         .unwrap();
     assert_eq!(f.send(by_param).await.status, StatusCode::OK);
 
-    let subscriber = f.key_with(r#"{"*":["subscribe"]}"#);
+    let subscriber = f.key_with(r#"{"*":["subscribe"]}"#).await;
     for request in [
         Request::get("/channels/x/messages"),
         Request::post("/channels/x/messages"),

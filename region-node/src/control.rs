@@ -1,0 +1,297 @@
+//! The node's link to the control plane (the global master): it writes there what the
+//! admin API changes, and keeps a local copy of the catalog that it follows change by
+//! change, from which the app registry is rebuilt.
+//!
+//! Two backends: an external group reached over gRPC with the cluster certificate
+//! (`[global] members`), or a one-member group embedded in this process (the default),
+//! so a single node stores its apps exactly as a federation does.
+//!
+//! Invariant: a write returns only once this node's copy has reached the version the
+//! write created, so an app created through a node authenticates on that node at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use starling_global::api::WatchItem;
+use starling_global::client::Client;
+use starling_global::embedded::Embedded;
+use starling_global::state::{Catalog, Change, ChangesSince, Command, Outcome, Update};
+use starling_global::store::StateReader;
+use starling_proto::tls::TlsFiles;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::apps::{new_app_id, new_app_record, AppRegistry, NewApp, DEFAULT_APP_ID};
+use crate::config::Config;
+use crate::data_dir::DataDir;
+use crate::error::AblyError;
+use crate::node::Connections;
+
+/// Pause before following another member after a watch stream failed.
+const WATCH_RETRY: Duration = Duration::from_millis(500);
+
+enum Backend {
+    Embedded(Embedded),
+    Remote {
+        /// Writes go one at a time through one client, which remembers the leader.
+        client: tokio::sync::Mutex<Client>,
+        members: Vec<String>,
+        tls: TlsFiles,
+    },
+}
+
+pub struct ControlPlane {
+    backend: Backend,
+    apps: Arc<AppRegistry>,
+    /// Told when an app disappears, wherever it was deleted.
+    connections: Arc<Connections>,
+    /// This node's copy of the catalog.
+    catalog: Mutex<Catalog>,
+    /// The version of that copy, for writers waiting to see their own write.
+    seen: watch::Sender<u64>,
+    /// Becomes true once the copy was first loaded (an empty catalog has version 0).
+    loaded: watch::Sender<bool>,
+    timeout: Duration,
+}
+
+impl ControlPlane {
+    /// Connects to (or starts) the control plane, loads the catalog, starts following
+    /// it, and creates the default app when the node would otherwise have none.
+    pub async fn start(
+        config: &Config,
+        data: &DataDir,
+        apps: Arc<AppRegistry>,
+        connections: Arc<Connections>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let backend = if config.global.members.is_empty() {
+            Backend::Embedded(Embedded::start(&data.path("global-master")).await?)
+        } else {
+            Backend::Remote {
+                client: tokio::sync::Mutex::new(Client::new(
+                    config.global.members.clone(),
+                    &tls_files(config)?,
+                )?),
+                members: config.global.members.clone(),
+                tls: tls_files(config)?,
+            }
+        };
+        let control = Arc::new(Self {
+            backend,
+            apps,
+            connections,
+            catalog: Mutex::new(Catalog::default()),
+            seen: watch::channel(0).0,
+            loaded: watch::channel(false).0,
+            timeout: Duration::from_millis(config.global.request_timeout_ms),
+        });
+
+        control.clone().spawn_follower();
+        control.wait_for_first_copy().await;
+        if control.apps.is_empty() {
+            control.create_default_app().await?;
+        }
+        Ok(control)
+    }
+
+    /// Creates an app from an admin request; returns once this node can use it.
+    pub async fn create_app(&self, spec: NewApp) -> Result<Arc<crate::apps::App>, AblyError> {
+        let record = new_app_record(&new_app_id(), spec)?;
+        let id = record.id.clone();
+        self.write(Command::CreateApp { app: record }).await?;
+        self.apps
+            .get(&id)
+            .ok_or_else(|| AblyError::Internal(format!("app {id} was created but is not usable")))
+    }
+
+    /// Deletes an app created through the admin API; returns once this node refuses it.
+    pub async fn delete_app(&self, id: &str) -> Result<(), AblyError> {
+        self.apps.check_deletable(id)?;
+        self.write(Command::DeleteApp {
+            app_id: id.to_owned(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Commits `command` and waits until this node's copy includes it.
+    async fn write(&self, command: Command) -> Result<Outcome, AblyError> {
+        let response = match &self.backend {
+            Backend::Embedded(embedded) => embedded
+                .write(command)
+                .await
+                .map_err(|e| AblyError::Timeout(e.to_string()))?,
+            Backend::Remote { client, .. } => {
+                let mut client = client.lock().await;
+                client
+                    .write(&command, self.timeout)
+                    .await
+                    .map_err(|e| AblyError::Timeout(format!("global master: {e}")))?
+            }
+        };
+        let outcome = response.outcome.map_err(command_error)?;
+
+        let mut seen = self.seen.subscribe();
+        let caught_up = seen.wait_for(|version| *version >= response.version);
+        let waited = tokio::time::timeout(self.timeout, caught_up).await;
+        match waited {
+            Ok(Ok(_)) => Ok(outcome),
+            _ => Err(AblyError::Timeout(
+                "the change was committed but this node has not seen it yet".into(),
+            )),
+        }
+    }
+
+    async fn create_default_app(&self) -> anyhow::Result<()> {
+        let record = new_app_record(DEFAULT_APP_ID, NewApp::default())?;
+        match self.write(Command::CreateApp { app: record }).await {
+            Ok(_) => info!(app.id = DEFAULT_APP_ID, "created the default app"),
+            // Another node sharing the global master created it first: use theirs.
+            Err(AblyError::InvalidBody(message)) if message.contains("already exists") => {}
+            Err(error) => warn!("could not create the default app: {error}"),
+        }
+        Ok(())
+    }
+
+    /// Waits (boundedly) for the first copy of the catalog, so a node that starts
+    /// while the global master is reachable serves its apps from the first request.
+    async fn wait_for_first_copy(&self) {
+        let mut loaded = self.loaded.subscribe();
+        let first = loaded.wait_for(|loaded| *loaded);
+        if tokio::time::timeout(self.timeout, first).await.is_err() {
+            warn!("no catalog from the global master yet; serving configured apps only until it answers");
+        }
+    }
+
+    fn spawn_follower(self: Arc<Self>) {
+        match &self.backend {
+            Backend::Embedded(embedded) => {
+                let reader = embedded.reader().clone();
+                tokio::spawn(async move { self.follow_embedded(reader).await });
+            }
+            Backend::Remote { members, tls, .. } => {
+                let (members, tls) = (members.clone(), tls.clone());
+                tokio::spawn(async move { self.follow_remote(members, tls).await });
+            }
+        }
+    }
+
+    /// Follows the embedded member's applied state.
+    async fn follow_embedded(&self, reader: StateReader) {
+        let mut changed = reader.subscribe();
+        loop {
+            let have = self.seen.borrow().to_owned();
+            match reader.read(|state| state.changes_since(have)) {
+                ChangesSince::Changes(changes) => {
+                    self.apply(&changes);
+                }
+                ChangesSince::TooOld => self.replace(reader.read(|state| state.catalog().clone())),
+            }
+            self.loaded.send_replace(true);
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Follows an external group's watch stream, member after member when one fails.
+    async fn follow_remote(&self, members: Vec<String>, tls: TlsFiles) {
+        let mut client = match Client::new(members.clone(), &tls) {
+            Ok(client) => client,
+            Err(error) => return warn!("cannot follow the global master: {error}"),
+        };
+        for addr in members.iter().cycle() {
+            let from = self.seen.borrow().to_owned();
+            match client.watch(addr, from).await {
+                Ok(mut stream) => loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => match WatchItem::decode(&event) {
+                            Ok(WatchItem::Snapshot(catalog)) => self.replace(catalog),
+                            Ok(WatchItem::Change(change)) => {
+                                if !self.apply(std::slice::from_ref(&change)) {
+                                    break;
+                                }
+                            }
+                            Err(error) => {
+                                warn!(member = %addr, "undecodable watch event: {error}");
+                                break;
+                            }
+                        },
+                        Ok(None) => break,
+                        Err(status) => {
+                            debug!(member = %addr, "watch stream ended: {}", status.message());
+                            break;
+                        }
+                    }
+                },
+                Err(error) => debug!(member = %addr, "cannot watch: {error}"),
+            }
+            tokio::time::sleep(WATCH_RETRY).await;
+        }
+    }
+
+    /// Applies changes in order; false when one does not follow the copy's version,
+    /// and the follower must ask again from the version it holds.
+    fn apply(&self, changes: &[Change]) -> bool {
+        let mut catalog = self.catalog.lock();
+        let mut apps_changed = false;
+        let mut in_step = true;
+        for change in changes {
+            match catalog.apply_change(change) {
+                Ok(applied) => {
+                    apps_changed |= applied && matches!(change.update, Update::App { .. })
+                }
+                Err(gap) => {
+                    warn!("catalog copy out of step ({gap}); asking again");
+                    in_step = false;
+                    break;
+                }
+            }
+        }
+        if apps_changed {
+            self.sync_apps(&catalog);
+        }
+        self.seen.send_replace(catalog.version());
+        in_step
+    }
+
+    /// Rebuilds the registry; connections of apps that are gone lose their
+    /// credentials and hear it with the code a connect with a deleted key gets.
+    fn sync_apps(&self, catalog: &Catalog) {
+        for app_id in self.apps.sync(catalog.apps()) {
+            let info = AblyError::InvalidCredentials("app deleted".into()).to_info();
+            let closed = self.connections.fail_app(&app_id, &info);
+            info!(app.id = %app_id, connections.closed = closed, "app deleted");
+        }
+    }
+
+    fn replace(&self, new: Catalog) {
+        let mut catalog = self.catalog.lock();
+        *catalog = new;
+        self.sync_apps(&catalog);
+        self.seen.send_replace(catalog.version());
+        self.loaded.send_replace(true);
+    }
+}
+
+/// The node's `[tls]` files, which the global master's CA also signs.
+fn tls_files(config: &Config) -> anyhow::Result<TlsFiles> {
+    let files = config
+        .tls
+        .files()
+        .ok_or_else(|| anyhow::anyhow!("global.members needs [tls] ca_cert, cert and key"))?;
+    Ok(TlsFiles {
+        ca_cert: files.ca_cert,
+        cert: files.cert,
+        key: files.key,
+    })
+}
+
+/// A refusal from the state machine, in Ably's terms.
+fn command_error(error: starling_global::state::CommandError) -> AblyError {
+    use starling_global::state::CommandError::*;
+    match error {
+        NoSuchApp(id) => AblyError::NotFound(format!("app {id}")),
+        other => AblyError::InvalidBody(other.to_string()),
+    }
+}
