@@ -523,11 +523,19 @@ mod tests {
             load_with_env(Some(f.path()), &[]).unwrap().warnings
         };
 
-        let two = members([", region = \"eu\"", ", region = \"us\"", ", region = \"eu\""]);
+        let two = members([
+            ", region = \"eu\"",
+            ", region = \"us\"",
+            ", region = \"eu\"",
+        ]);
         assert_eq!(two.len(), 1, "{two:?}");
         assert!(two[0].contains("only two regions (eu, us)"), "{two:?}");
 
-        let three = members([", region = \"eu\"", ", region = \"us\"", ", region = \"ap\""]);
+        let three = members([
+            ", region = \"eu\"",
+            ", region = \"us\"",
+            ", region = \"ap\"",
+        ]);
         assert!(three.is_empty(), "{three:?}");
         // A member without a region leaves the layout unknown: no guess, no warning.
         let unknown = members([", region = \"eu\"", ", region = \"us\"", ""]);
@@ -575,9 +583,7 @@ mod tests {
         );
         assert!(refuse("[cluster]\nheartbeat_ms = 500").contains("heartbeat_ms <"));
         assert!(refuse("[homes]\nexpiry_interval_ms = 0").contains("homes.expiry_interval_ms"));
-        assert!(
-            refuse("[regions]\nlost_after_ms = 5\ncheck_interval_ms = 0").contains("regions.")
-        );
+        assert!(refuse("[regions]\nlost_after_ms = 5\ncheck_interval_ms = 0").contains("regions."));
 
         let no_tls = load_with_env(None, &[]).unwrap().config;
         assert!(validate(&no_tls).unwrap_err().to_string().contains("tls"));

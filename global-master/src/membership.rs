@@ -58,7 +58,9 @@ pub async fn change(
 ) -> Result<MembershipReply, MembershipError> {
     let metrics = leader_metrics(raft)?;
     match change {
-        MembershipChange::Add { id, raft_addr } => add(raft, &metrics, id, raft_addr, timeout).await,
+        MembershipChange::Add { id, raft_addr } => {
+            add(raft, &metrics, id, raft_addr, timeout).await
+        }
         MembershipChange::Remove { id } => remove(raft, &metrics, id, timeout).await,
     }
 }
@@ -95,7 +97,10 @@ async fn add(
     let ids = BTreeSet::from([id]);
     let promoted = raft.change_membership(ChangeMembers::AddVoterIds(ids), false);
     let written = bounded(timeout, "promoting the learner", promoted).await?;
-    Ok(written.membership.as_ref().map_or_else(Default::default, reply))
+    Ok(written
+        .membership
+        .as_ref()
+        .map_or_else(Default::default, reply))
 }
 
 async fn remove(
@@ -119,7 +124,10 @@ async fn remove(
     info!(member.id = id, "removing a member");
     let removed = raft.change_membership(changes, false);
     let written = bounded(timeout, "removing the member", removed).await?;
-    Ok(written.membership.as_ref().map_or_else(Default::default, reply))
+    Ok(written
+        .membership
+        .as_ref()
+        .map_or_else(Default::default, reply))
 }
 
 /// The leader's metrics, or where the leader is.
@@ -148,7 +156,9 @@ async fn wait_caught_up(raft: &Raft, id: NodeId, timeout: Duration) -> Result<()
         .metrics(
             |m| {
                 let matched = m.replication.as_ref().and_then(|r| r.get(&id)).cloned();
-                matched.flatten().is_some_and(|log_id| log_id.index >= target)
+                matched
+                    .flatten()
+                    .is_some_and(|log_id| log_id.index >= target)
             },
             "the learner catching up",
         )

@@ -31,8 +31,8 @@ use serde::Serialize;
 use starling_proto::global::control_server::Control;
 use starling_proto::global::raft_server::Raft as RaftRpc;
 use starling_proto::global::{
-    CommandBytes, MembershipBytes, RaftBytes, ReadRequest as ReadBytes, ResponseBytes,
-    StatusReply, StatusRequest, WatchEvent, WatchRequest,
+    CommandBytes, MembershipBytes, RaftBytes, ReadRequest as ReadBytes, ResponseBytes, StatusReply,
+    StatusRequest, WatchEvent, WatchRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -236,9 +236,7 @@ impl Control for ControlService {
 fn membership_status(error: MembershipError) -> Status {
     let message = error.to_string();
     match error {
-        MembershipError::NotLeader(_) | MembershipError::NotYet(_) => {
-            Status::unavailable(message)
-        }
+        MembershipError::NotLeader(_) | MembershipError::NotYet(_) => Status::unavailable(message),
         MembershipError::Stopped(_) => Status::unavailable(message),
         MembershipError::NoSuchMember(_) => Status::not_found(message),
         MembershipError::OtherAddress { .. } | MembershipError::Refused(_) => {

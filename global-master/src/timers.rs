@@ -50,7 +50,11 @@ impl LeaderTimers {
         let mut leading = Leading::default();
         loop {
             tokio::select! {
-                _ = stopping.wait_for(|stop| *stop) => return,
+                changed = stopping.changed() => {
+                    if changed.is_err() || *stopping.borrow() {
+                        return;
+                    }
+                }
                 _ = tick(&mut expiry) => {
                     if self.leading_for(&mut leading).is_some() {
                         self.expire_idle_homes().await;

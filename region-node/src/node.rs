@@ -8,9 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 use crate::apps::AppRegistry;
-use crate::control::ControlPlane;
 use crate::config::Config;
 use crate::connection_key::KeySigner;
+use crate::control::ControlPlane;
 use crate::mesh::Mesh;
 use crate::outbox::Outbox;
 use crate::protocol::ErrorInfo;

@@ -10,9 +10,11 @@
 //!   `serde_json::Value`, whatever the wire format.
 //! - [`Witness`]: a bystander subscriber that proves a node still serves others after
 //!   some client misbehaved.
+//! - [`global`]: a global master group of real processes, for nodes that use one.
 //! - [`rest`]: Basic auth, `Link` header parsing and MessagePack bodies for REST tests.
 
 pub mod client;
+pub mod global;
 pub mod node;
 pub mod rest;
 pub mod wire;

@@ -97,6 +97,14 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (SIGSTOP freezes the member as a long GC pause or a hung host
+    /// would; SIGCONT resumes it).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        use nix::unistd::Pid;
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal)
+            .expect("sending a signal");
+    }
+
     /// SIGTERM, then waits for the exit.
     pub async fn terminate(&mut self, deadline: Duration) -> ExitStatus {
         use nix::sys::signal::{kill, Signal};
@@ -141,7 +149,10 @@ pub struct Described {
 /// process; when the test failed, it prints the end of each member's log first.
 pub struct Group {
     pub dir: tempfile::TempDir,
+    /// Every member, the initial voters first, then the spares.
     pub members: Vec<MemberSpec>,
+    /// How many of `members` form the group at first.
+    pub voters: usize,
     pub procs: Vec<Option<Proc>>,
     /// The operator's certificate, issued by the group's CA.
     pub operator: TlsFiles,
@@ -149,8 +160,16 @@ pub struct Group {
 
 impl Group {
     /// Writes the configuration of `n` members (ids 1..=n) with `extra` appended to
-    /// each `[cluster]` section; starts nothing.
+    /// each `[cluster]` section (it may open further sections); starts nothing.
     pub fn new(n: usize, extra: &str) -> Self {
+        Self::with_spares(n, 0, extra)
+    }
+
+    /// Like [`Group::new`], plus `spares` members (ids after the voters) that are not in
+    /// the initial group: each spare's configuration lists the voters and itself, so it
+    /// waits, as a new member does, for an operator to add it.
+    pub fn with_spares(voters: usize, spares: usize, extra: &str) -> Self {
+        let n = voters + spares;
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut names: Vec<String> = (1..=n).map(|i| format!("gm-{i}")).collect();
         names.push("operator".into());
@@ -172,16 +191,17 @@ impl Group {
                 }
             })
             .collect();
-        let list: Vec<String> = members
-            .iter()
-            .map(|m| {
-                format!(
-                    "  {{ id = {}, raft_addr = \"{}\", http_addr = \"{}\" }},",
-                    m.id, m.raft, m.http
-                )
-            })
-            .collect();
+        let entry = |m: &MemberSpec| {
+            format!(
+                "  {{ id = {}, raft_addr = \"{}\", http_addr = \"{}\" }},",
+                m.id, m.raft, m.http
+            )
+        };
         for (member, tls) in members.iter().zip(&certs) {
+            let mut list: Vec<String> = members[..voters].iter().map(entry).collect();
+            if member.id as usize > voters {
+                list.push(entry(member));
+            }
             let config = format!(
                 "[member]\nid = {id}\ndata_dir = {data:?}\n\n[listen]\nraft = \"{raft}\"\n\
                  http = \"{http}\"\n\n[cluster]\nmembers = [\n{list}\n]\n{TIMERS}{extra}\n\n\
@@ -201,13 +221,17 @@ impl Group {
         Self {
             dir,
             members,
+            voters,
             procs,
             operator,
         }
     }
 
+    /// The initial voters' raft addresses.
     pub fn raft_addrs(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.raft.to_string()).collect()
+        (self.members[..self.voters].iter())
+            .map(|m| m.raft.to_string())
+            .collect()
     }
 
     pub fn addr(&self, id: u64) -> String {
@@ -270,8 +294,9 @@ impl Group {
         assert_eq!(described.global_masters[0].pid, pid);
     }
 
+    /// Starts the initial voters.
     pub async fn start_all(&mut self) {
-        for id in 1..=self.members.len() as u64 {
+        for id in 1..=self.voters as u64 {
             self.start(id).await;
         }
     }
@@ -371,6 +396,64 @@ impl Group {
 
     pub fn http_get(&self, id: u64, path: &str) -> String {
         format!("http://{}{path}", self.spec(id).http)
+    }
+
+    /// The operator's certificate flags.
+    pub fn tls_args(&self) -> Vec<String> {
+        let tls = &self.operator;
+        [
+            ("--ca", &tls.ca_cert),
+            ("--cert", &tls.cert),
+            ("--key", &tls.key),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_owned(), path.display().to_string()])
+        .collect()
+    }
+
+    /// Runs `global-master <args> --addr <initial voters> <operator certificate>`.
+    pub async fn operator(&self, args: &[&str]) -> CliOutput {
+        self.operator_at(&self.raft_addrs(), args).await
+    }
+
+    /// Runs `global-master <args> --addr <addrs> <operator certificate>`.
+    pub async fn operator_at(&self, addrs: &[String], args: &[&str]) -> CliOutput {
+        let mut argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        argv.extend(["--addr".to_owned(), addrs.join(",")]);
+        argv.extend(self.tls_args());
+        cli(&argv).await
+    }
+}
+
+/// What a `global-master` subcommand printed, and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Standard output as JSON; panics, naming the output, unless the command succeeded.
+    pub fn json(&self) -> serde_json::Value {
+        assert_eq!(self.code, Some(0), "the command failed: {self:?}");
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+}
+
+/// Runs the `global-master` binary with `args` and collects its output.
+pub async fn cli(args: &[String]) -> CliOutput {
+    let output = tokio::process::Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("running global-master");
+    CliOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 

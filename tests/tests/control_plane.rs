@@ -1,0 +1,151 @@
+//! Region nodes keeping their apps in an external global master group: an app created
+//! through a node of one region works on a node of another within seconds, survives
+//! the loss of a member, and its deletion reaches every node.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use reqwest::header::AUTHORIZATION;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use starling_tests::client::{encode_component, is_action};
+use starling_tests::global::GlobalGroup;
+use starling_tests::rest::{self, bearer};
+use starling_tests::{action, Client, Format, Node, NodeOptions, WAIT};
+
+/// How long an app change may take to reach another region's node.
+const PROPAGATION: Duration = Duration::from_secs(5);
+
+async fn region_node(group: &GlobalGroup, region: &str) -> Result<Node> {
+    let config = format!(
+        "[node]\nid = \"{region}-1\"\nregion = \"{region}\"\n\n{}",
+        group.node_config(region)?
+    );
+    Node::start_with(NodeOptions::default().config(config)).await
+}
+
+/// Creates an app through `node`'s admin API and returns its id and first key.
+async fn create_app(node: &Node) -> Result<(String, String)> {
+    let response = rest::http()
+        .post(node.url("/apps"))
+        .header(AUTHORIZATION, bearer(node.admin_token()))
+        .json(&json!({"keys": [{}]}))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    ensure!(status == StatusCode::CREATED, "POST /apps: {status} {body}");
+    let id = body["appId"].as_str().context("appId")?.to_owned();
+    let key = body["keys"][0]["keyStr"]
+        .as_str()
+        .context("keyStr")?
+        .to_owned();
+    Ok((id, key))
+}
+
+async fn delete_app(node: &Node, app_id: &str) -> Result<()> {
+    let response = rest::http()
+        .delete(node.url(&format!("/apps/{app_id}")))
+        .header(AUTHORIZATION, bearer(node.admin_token()))
+        .send()
+        .await?;
+    ensure!(
+        response.status().is_success(),
+        "DELETE: {}",
+        response.status()
+    );
+    Ok(())
+}
+
+/// Connects with `key` until the node accepts it, within [`PROPAGATION`].
+async fn connect_when_known(node: &Node, key: &str) -> Result<Client> {
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        match Client::connect_with_key(node.addr(), key, "", Format::Json).await {
+            Ok(client) => return Ok(client),
+            Err(error) if Instant::now() >= deadline => {
+                bail!("key still refused after {PROPAGATION:?}: {error:#}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Whether a fresh connection with `key` is refused with 40101.
+async fn refused(node: &Node, key: &str) -> Result<bool> {
+    let query = format!("key={}", encode_component(key));
+    let mut client = Client::open(node.addr(), &query, Format::Msgpack).await?;
+    let frame = client.recv().await?;
+    Ok(is_action(&frame, action::ERROR) && frame["error"]["code"] == 40101)
+}
+
+#[tokio::test]
+async fn apps_are_shared_across_regions_and_survive_a_member_loss() -> Result<()> {
+    let mut group = GlobalGroup::start(3).await?;
+    let eu = region_node(&group, "eu").await?;
+    let us = region_node(&group, "us").await?;
+    ensure!(
+        eu.key() == us.key(),
+        "nodes sharing a global master share the default app: {} vs {}",
+        eu.key(),
+        us.key()
+    );
+
+    let (app_id, key) = create_app(&eu).await?;
+    let mut on_us = connect_when_known(&us, &key).await?;
+    on_us
+        .publish_acked("shared", json!([{"name": "hello"}]))
+        .await?;
+
+    // One member of three gone: the group still commits, and nodes follow another.
+    group.kill(1);
+    let (_, second_key) = create_app(&us).await?;
+    connect_when_known(&eu, &second_key).await?;
+
+    // Deleted through eu: us fails the live connection and refuses new ones.
+    delete_app(&eu, &app_id).await?;
+    let frame = on_us
+        .recv_until(|f| is_action(f, action::ERROR), PROPAGATION)
+        .await
+        .context("the live connection on us must be failed")?;
+    ensure!(frame["error"]["code"] == 40101, "{frame}");
+    ensure!(
+        refused(&us, &key).await?,
+        "the deleted key must be refused on us"
+    );
+    ensure!(
+        refused(&eu, &key).await?,
+        "the deleted key must be refused on eu"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_writes_fail_retriably_without_a_quorum_while_known_apps_keep_working() -> Result<()>
+{
+    let mut group = GlobalGroup::start(3).await?;
+    let node = region_node(&group, "eu").await?;
+    group.kill(1);
+    group.kill(2);
+
+    let response = rest::http()
+        .post(node.url("/apps"))
+        .header(AUTHORIZATION, bearer(node.admin_token()))
+        .json(&json!({"keys": [{}]}))
+        .timeout(WAIT * 3)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    ensure!(
+        status == StatusCode::SERVICE_UNAVAILABLE && body["error"]["code"] == 50003,
+        "without a quorum an app cannot be created: {status} {body}"
+    );
+
+    // Apps already known keep working from the node's copy.
+    let mut client = Client::connect(&node, "", Format::Msgpack).await?;
+    client
+        .publish_acked("still", json!([{"name": "up"}]))
+        .await?;
+    Ok(())
+}
