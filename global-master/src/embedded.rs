@@ -7,16 +7,25 @@
 //! [`Embedded::write`] and follows changes through [`Embedded::reader`].
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use openraft::{BasicNode, ServerState};
-use tonic::transport::ClientTlsConfig;
+use starling_proto::global::control_server::ControlServer;
+use starling_proto::tls::{server_tls, TlsFiles};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{ClientTlsConfig, Server};
 
 use crate::config::ClusterConfig;
-use crate::network::Network;
+use crate::member::Member;
+use crate::network::{Network, MAX_MESSAGE_BYTES};
 use crate::server::{backoff_for, bootstrap, start_raft};
+use crate::service::ControlService;
 use crate::state::{Command, Response};
 use crate::store::{NodeId, Raft, StateReader};
 
@@ -40,6 +49,8 @@ pub enum EmbeddedError {
 pub struct Embedded {
     raft: Raft,
     reader: StateReader,
+    /// Ends the watch streams of served clients on shutdown.
+    stop: watch::Sender<bool>,
 }
 
 impl Embedded {
@@ -55,7 +66,11 @@ impl Embedded {
             .state(ServerState::Leader, "embedded member leads")
             .await
             .context("waiting for the embedded global master to lead")?;
-        Ok(Self { raft, reader })
+        Ok(Self {
+            raft,
+            reader,
+            stop: watch::channel(false).0,
+        })
     }
 
     /// Commits `command` and returns the state machine's answer.
@@ -73,7 +88,42 @@ impl Embedded {
         &self.reader
     }
 
+    /// Serves the Control API (writes, reads, watch, status) on `addr` under mutual
+    /// TLS, so other processes (the nodes a dev launcher starts) share this member.
+    /// Returns the bound address; serving stops when the process does.
+    pub async fn serve_control(
+        &self,
+        addr: SocketAddr,
+        tls: &TlsFiles,
+    ) -> anyhow::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the embedded global master on {addr}"))?;
+        let bound = listener.local_addr()?;
+        let member = Arc::new(Member {
+            id: MEMBER_ID,
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+            http_addrs: BTreeMap::new(),
+            request_timeout: WRITE_TIMEOUT,
+            stopping: self.stop.subscribe(),
+        });
+
+        let router = Server::builder()
+            .tls_config(server_tls(tls)?)
+            .context("embedded global master TLS")?
+            .add_service(
+                ControlServer::new(ControlService::new(member))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            );
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        tokio::spawn(router.serve_with_incoming(incoming));
+        Ok(bound)
+    }
+
     pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!("embedded global master shutdown: {error}");
         }

@@ -1,5 +1,6 @@
 //! `region-node dev`: a whole region on loopback from one command, for development
-//! and tests. It creates a throwaway cluster CA, starts every node as a child process
+//! and tests. It creates a throwaway cluster CA, runs a one-member global master in
+//! its own process (served to the nodes over mutual TLS), starts every node as a child process
 //! with its own configuration, puts a small TCP balancer in front of the region (the
 //! region's entry, standing in for an operator's load balancer), writes the describe
 //! file, and stops everything on Ctrl-C or SIGTERM. Nodes that die are not restarted.
@@ -19,8 +20,11 @@ use tracing::{debug, info, warn};
 
 use crate::config::{AppConfig, KeyConfig};
 use crate::data_dir::{atomic_write, random_string};
-use crate::describe::{Describe, DescribedApp, DescribedNode, DescribedRegion};
+use crate::describe::{
+    Describe, DescribedApp, DescribedGlobalMaster, DescribedNode, DescribedRegion,
+};
 use crate::tls;
+use starling_global::embedded::Embedded;
 
 /// How long a node may take to write its describe file and report healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,7 +39,8 @@ pub struct DevArgs {
     /// Nodes per region.
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
-    /// Global master members. None exists yet; only 0 or the default are accepted.
+    /// Global master members. The launcher runs one itself, embedded and shared by
+    /// every node; only 1 (the default) is accepted for now.
     #[arg(long)]
     pub global_masters: Option<usize>,
     /// First port to use (entry, then each node's client port); 0 lets the system pick.
@@ -67,8 +72,8 @@ pub async fn run(
             args.regions
         );
     }
-    if args.global_masters.is_some_and(|m| m > 1) {
-        bail!("the global master does not exist yet; --global-masters must be 0 or 1");
+    if args.global_masters.is_some_and(|m| m != 1) {
+        bail!("the dev launcher runs one embedded global master; --global-masters must be 1");
     }
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
@@ -84,6 +89,7 @@ pub async fn run(
     std::fs::create_dir_all(&root)?;
 
     let shared = Shared::create(&root)?;
+    let (global, global_addr) = start_global_master(&root, &shared).await?;
     let mut nodes: Vec<Started> = Vec::new();
     let mut seed: Option<SocketAddr> = None;
     for index in 1..=args.nodes {
@@ -100,7 +106,8 @@ pub async fn run(
             client_port: port(index),
             seed,
         };
-        let started = start_node(&root, &shared, &spec, args.failure_timeout_ms).await?;
+        let started =
+            start_node(&root, &shared, &spec, global_addr, args.failure_timeout_ms).await?;
         seed = seed.or(started
             .described
             .mesh
@@ -123,7 +130,13 @@ pub async fn run(
     let describe = Describe {
         admin_token: shared.admin_token.clone(),
         apps: vec![shared.app_description()],
-        global_masters: Vec::new(),
+        global_masters: vec![DescribedGlobalMaster {
+            id: "embedded".into(),
+            pid: std::process::id(),
+            raft: Some(global_addr.to_string()),
+            http: None,
+            argv: std::env::args().collect(),
+        }],
         regions: vec![DescribedRegion {
             name: region.clone(),
             entry: entry_addr.to_string(),
@@ -138,7 +151,29 @@ pub async fn run(
     shutdown.await;
     info!("stopping the region");
     stop(nodes).await;
+    global.shutdown().await;
     Ok(())
+}
+
+/// The region's control plane: a one-member global master in this process, served to
+/// the nodes over mutual TLS under the dev CA, so an app created through any node's
+/// admin API works on every node.
+async fn start_global_master(
+    root: &Path,
+    shared: &Shared,
+) -> anyhow::Result<(Embedded, SocketAddr)> {
+    let files = tls::issue(&shared.ca_dir, "global-master", &root.join("global-master"))?;
+    let files = starling_proto::tls::TlsFiles {
+        ca_cert: files.ca_cert,
+        cert: files.cert,
+        key: files.key,
+    };
+    let global = Embedded::start(&root.join("global-master").join("data")).await?;
+    let addr = global
+        .serve_control(SocketAddr::from(([127, 0, 0, 1], 0)), &files)
+        .await?;
+    info!(%addr, "global master serving");
+    Ok((global, addr))
 }
 
 /// What every node of the dev region shares: CA, admin token, cluster secret, app.
@@ -198,13 +233,14 @@ async fn start_node(
     root: &Path,
     shared: &Shared,
     spec: &NodeSpec<'_>,
+    global: SocketAddr,
     failure_timeout_ms: u64,
 ) -> anyhow::Result<Started> {
     let id = format!("{}-{}", spec.region, spec.index);
     let dir = root.join(&id);
     std::fs::create_dir_all(&dir)?;
     let files = tls::issue(&shared.ca_dir, &id, &dir)?;
-    let config = node_config(shared, spec, &id, &dir, &files, failure_timeout_ms);
+    let config = node_config(shared, spec, &id, &dir, &files, global, failure_timeout_ms);
     let config_path = dir.join("config.toml");
     atomic_write(&config_path, config.as_bytes())?;
 
@@ -242,6 +278,7 @@ fn node_config(
     id: &str,
     dir: &Path,
     files: &tls::TlsFiles,
+    global: SocketAddr,
     failure_timeout_ms: u64,
 ) -> String {
     let seeds = spec.seed.map(|s| format!("\"{s}\"")).unwrap_or_default();
@@ -272,6 +309,9 @@ key = "{key_file}"
 [admin]
 token = "{token}"
 loopback_without_token = true
+
+[global]
+members = ["{global}"]
 
 [[apps]]
 id = "{app}"

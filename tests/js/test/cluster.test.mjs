@@ -2,7 +2,8 @@
 // hand), ably-js 2.28.0 clients connected directly to chosen nodes.
 //
 // 1. Clients on three nodes share a channel: one order everywhere, REST history
-//    through a node with no publisher.
+//    through a node with no publisher. An app created through one node's admin API
+//    works on the others (the launcher's global master is shared).
 // 2. SIGKILL the channel's master (and, separately, its copy holder) while publishing:
 //    ACKs resume within 5 s, every ACKed message reaches every surviving subscriber
 //    once, in publish order, with the serial its ACK carried.
@@ -162,6 +163,37 @@ describe('cluster: three nodes share a channel', () => {
         const paged = (await allPages(await within(rest.channels.get(name).history({ limit: 10 }),
           'history page 1', SLOW_MS))).flat();
         assert.deepEqual(paged.map((m) => m.id), [...order].reverse(), `paged history (${format.name})`);
+      }
+    } finally {
+      closeAll(clients);
+    }
+  }));
+
+  it('an app created through one node\'s admin API works on every other node within seconds', TEST_TIMEOUT, async () => region.guard(async () => {
+    const [n1, n2, n3] = region.nodes;
+    const res = await fetch(`${n1.baseUrl}/apps`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${region.describe.admin_token}` },
+      body: JSON.stringify({ keys: [{}] }),
+    });
+    assert.equal(res.status, 201, `POST /apps on ${n1.id}`);
+    const key = (await res.json()).keys[0].keyStr;
+
+    const clients = [];
+    try {
+      for (const [node, format] of [[n2, MSGPACK], [n3, JSON_FMT]]) {
+        // The node follows the global master's changes: allow it a moment to catch up.
+        const client = await until(async () => {
+          const c = new Ably.Realtime(node.options(format, { key }));
+          clients.push(c);
+          const state = await within(new Promise((res) => {
+            c.connection.once('connected', () => res('connected'));
+            c.connection.once('failed', () => res('failed'));
+          }), `${node.id} to answer a connect`);
+          return state === 'connected' ? c : null;
+        }, `the new app's key to work on ${node.id}`, 5_000, 200);
+        await within(client.channels.get(freshChannel('new-app')).publish('hi', node.id),
+          `publish with the new key on ${node.id}`);
       }
     } finally {
       closeAll(clients);
