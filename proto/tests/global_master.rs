@@ -10,7 +10,7 @@ use starling_proto::global::control_server::{Control, ControlServer};
 use starling_proto::global::raft_client::RaftClient;
 use starling_proto::global::raft_server::{Raft, RaftServer};
 use starling_proto::global::{
-    CommandBytes, RaftBytes, ReadRequest, ResponseBytes, StatusReply, StatusRequest, WatchEvent,
+    CommandBytes, MembershipBytes, RaftBytes, ReadRequest, ResponseBytes, StatusReply, StatusRequest, WatchEvent,
     WatchRequest,
 };
 use starling_proto::tls::{server_tls, TlsFiles, SERVER_NAME};
@@ -72,6 +72,13 @@ impl Control for ThreeVersions {
 
     async fn read(&self, _: Request<ReadRequest>) -> Result<Response<ResponseBytes>, Status> {
         Err(Status::unimplemented("read"))
+    }
+
+    async fn change_members(
+        &self,
+        _: Request<MembershipBytes>,
+    ) -> Result<Response<ResponseBytes>, Status> {
+        Err(Status::unimplemented("change_members"))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
