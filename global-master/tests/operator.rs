@@ -87,14 +87,20 @@ async fn operator_commands_move_homes_declare_regions_lost_and_hide_secrets() {
         .json();
     assert_eq!(moved["region"], "us");
     assert_eq!(moved["changed"], true);
-    assert!(moved["epoch"].as_u64().unwrap() > before[0].epoch, "{moved}");
+    assert!(
+        moved["epoch"].as_u64().unwrap() > before[0].epoch,
+        "{moved}"
+    );
     assert_eq!(group.catalog().await.home("app1/c0").unwrap().region, "us");
 
     let refused = group
         .operator(&["move-home", "--channel", "app1/c1", "--to", "mars"])
         .await;
     assert_eq!(refused.code, Some(1), "{refused:?}");
-    assert!(refused.stderr.contains("unknown region mars"), "{refused:?}");
+    assert!(
+        refused.stderr.contains("unknown region mars"),
+        "{refused:?}"
+    );
 
     eprintln!("phase: declare-lost re-homes the region's channels to survivors");
     let lost = group
@@ -298,13 +304,19 @@ async fn the_leader_expires_idle_homes_and_declares_silent_regions_lost() {
         let group = &group;
         async move {
             let mut client = group.client();
-            client.write(&heartbeat, DEADLINE).await.map_err(|e| e.to_string())?;
+            client
+                .write(&heartbeat, DEADLINE)
+                .await
+                .map_err(|e| e.to_string())?;
             let catalog = group.catalog().await;
             let eu_lost = catalog.region("eu").is_some_and(|r| r.lost);
             if !has_home(&catalog, "app/idle") && eu_lost {
                 Ok(catalog)
             } else {
-                Err(format!("eu lost: {eu_lost}; homes: {:?}", catalog.homes().count()))
+                Err(format!(
+                    "eu lost: {eu_lost}; homes: {:?}",
+                    catalog.homes().count()
+                ))
             }
         }
     })

@@ -1,5 +1,5 @@
-//! Capabilities: which operations a key (or, later, a token) may perform on which
-//! channels (protocol.md §7.3).
+//! Capabilities: which operations a key or a token may perform on which channels
+//! (protocol.md §7.3).
 //!
 //! A resource is a channel pattern, optionally behind a qualifier such as `[meta]`.
 //! Inside a name, `*` as a whole `:`-segment matches exactly one segment, except as the
@@ -66,6 +66,40 @@ impl Capability {
             .any(|(_, ops)| ops.iter().any(|o| o == "*" || o == op))
     }
 
+    /// What both `self` (a request) and `allowed` (the key's or token's capability)
+    /// grant; `None` when that is nothing. A resource of one that covers a resource of
+    /// the other yields the narrower resource. Ops keep the order of the side that
+    /// names them: a `*` request against `["publish","subscribe"]` gives that list.
+    pub fn intersect(&self, allowed: &Capability) -> Option<Capability> {
+        let mut grants: Vec<(String, Vec<String>)> = Vec::new();
+        for (want_resource, want_ops) in &self.grants {
+            for (have_resource, have_ops) in &allowed.grants {
+                let Some(resource) = narrower(want_resource, have_resource) else {
+                    continue;
+                };
+                let ops = intersect_ops(want_ops, have_ops);
+                if !ops.is_empty() {
+                    merge_grant(&mut grants, resource, ops);
+                }
+            }
+        }
+        (!grants.is_empty()).then_some(Self { grants })
+    }
+
+    /// The capability as Ably's JSON text, resources and ops in their order.
+    pub fn to_json(&self) -> String {
+        let entries: Vec<String> = self
+            .grants
+            .iter()
+            .map(|(resource, ops)| {
+                let resource = serde_json::to_string(resource).expect("strings serialise");
+                let ops = serde_json::to_string(ops).expect("string lists serialise");
+                format!("{resource}:{ops}")
+            })
+            .collect();
+        format!("{{{}}}", entries.join(","))
+    }
+
     /// Whether any operation at all is allowed on `channel`.
     pub fn allows_any(&self, channel: &str) -> bool {
         self.grants
@@ -88,6 +122,46 @@ fn parse_ops(resource: &str, ops: Value) -> Result<Vec<String>, InvalidCapabilit
             ))),
         })
         .collect()
+}
+
+/// Of two resources, the one that names fewer channels, when one covers the other.
+/// A pattern covers another when it matches the other read as a literal name, since
+/// a `*` segment matches a `*` segment as it matches any other.
+fn narrower<'a>(a: &'a str, b: &'a str) -> Option<&'a str> {
+    if resource_matches(b, a) {
+        Some(a)
+    } else if resource_matches(a, b) {
+        Some(b)
+    } else {
+        None
+    }
+}
+
+fn intersect_ops(want: &[String], have: &[String]) -> Vec<String> {
+    let star = |ops: &[String]| ops.iter().any(|op| op == "*");
+    if star(want) {
+        return have.to_vec();
+    }
+    if star(have) {
+        return want.to_vec();
+    }
+    want.iter()
+        .filter(|op| have.contains(op))
+        .cloned()
+        .collect()
+}
+
+/// Adds `ops` to `resource`'s grant, keeping the first order seen.
+fn merge_grant(grants: &mut Vec<(String, Vec<String>)>, resource: &str, ops: Vec<String>) {
+    let Some((_, existing)) = grants.iter_mut().find(|(r, _)| r == resource) else {
+        grants.push((resource.to_owned(), ops));
+        return;
+    };
+    for op in ops {
+        if !existing.contains(&op) {
+            existing.push(op);
+        }
+    }
 }
 
 /// Splits `[qualifier]name` into its qualifier (if any) and name. A `[?params]`
@@ -159,6 +233,45 @@ mod tests {
         assert!(!c.allows("a:b:b:c", "subscribe"));
         assert!(c.allows("foo*", "history"));
         assert!(!c.allows("foobar", "history"));
+    }
+
+    #[test]
+    fn intersection_keeps_the_narrower_resource_and_common_ops() {
+        let key = cap(r#"{"ns:*":["publish","subscribe"],"other":["history"]}"#);
+
+        let star = cap(r#"{"*":["*"]}"#).intersect(&key).unwrap();
+        assert_eq!(
+            star.to_json(),
+            r#"{"ns:*":["publish","subscribe"],"other":["history"]}"#
+        );
+
+        let narrow = cap(r#"{"ns:chat":["subscribe","presence"]}"#).intersect(&key);
+        assert_eq!(narrow.unwrap().to_json(), r#"{"ns:chat":["subscribe"]}"#);
+
+        let wide_key = cap(r#"{"*":["*"]}"#);
+        let asked = cap(r#"{"a":["subscribe","publish"]}"#);
+        let got = asked.intersect(&wide_key).unwrap();
+        assert_eq!(got.to_json(), r#"{"a":["subscribe","publish"]}"#);
+    }
+
+    #[test]
+    fn an_empty_intersection_is_none() {
+        let key = cap(r#"{"ns:*":["publish"]}"#);
+        assert_eq!(cap(r#"{"elsewhere":["*"]}"#).intersect(&key), None);
+        assert_eq!(cap(r#"{"ns:a":["subscribe"]}"#).intersect(&key), None);
+        assert_eq!(
+            cap(r#"{"*":["publish"]}"#)
+                .intersect(&key)
+                .unwrap()
+                .to_json(),
+            r#"{"ns:*":["publish"]}"#
+        );
+    }
+
+    #[test]
+    fn json_text_round_trips() {
+        let text = r#"{"a:*":["publish"],"[meta]*":["subscribe"]}"#;
+        assert_eq!(Capability::parse(&cap(text).to_json()).unwrap(), cap(text));
     }
 
     #[test]

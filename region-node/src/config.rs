@@ -40,6 +40,8 @@ pub struct GlobalConfig {
     pub members: Vec<String>,
     /// How long creating or deleting an app may wait for the global master.
     pub request_timeout_ms: u64,
+    /// How often the node reports its region alive to the global master.
+    pub heartbeat_ms: u64,
 }
 
 impl Default for GlobalConfig {
@@ -47,6 +49,7 @@ impl Default for GlobalConfig {
         Self {
             members: Vec::new(),
             request_timeout_ms: 10_000,
+            heartbeat_ms: 5_000,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::apps::{App, Key};
+pub use crate::auth::Identity;
 use crate::channel_client::Subscriber;
 use crate::channel_master::Publish;
 use crate::channels::{channel_key, validate_name};
@@ -17,13 +17,6 @@ use crate::error::AblyError;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{action, data, flags, ErrorInfo, Message, ProtocolMessage, PublishResult};
-
-/// Who is on the other end, as established by authentication.
-pub struct Identity {
-    pub app: Arc<App>,
-    pub key: Arc<Key>,
-    pub client_id: Option<String>,
-}
 
 struct Attachment {
     modes: i64,
@@ -104,13 +97,71 @@ impl Connection {
                     .push_back(refused(serial, &AblyError::Unsupported("this operation"))),
                 None => debug!(connection.id = %self.id(), action = pm.action, "ignoring frame"),
             },
-            action::AUTH => {
-                replies.now.push(fatal(&AblyError::TokenAuthUnavailable));
-                return Next::Close;
-            }
+            action::AUTH => return self.reauthorise(pm, replies),
             other => debug!(connection.id = %self.id(), action = other, "ignoring frame"),
         }
         Next::Continue
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// In-band AUTH with a new token: on success the connection carries on under the
+    /// new token (same connectionId, fresh CONNECTED); channels the new capability
+    /// no longer allows fail. A refused token ends the connection.
+    fn reauthorise(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
+        let token = pm.auth.and_then(|auth| auth.access_token);
+        let renewed = match token {
+            Some(token) => crate::auth::reauthorise(&self.node, &self.identity, &token),
+            None => Err(AblyError::NoCredentials),
+        };
+        let identity = match renewed {
+            Ok(identity) => identity,
+            Err(error) => {
+                debug!(connection.id = %self.id(), error.code = error.code(), "re-auth refused");
+                replies.now.push(fatal(&error));
+                return Next::Close;
+            }
+        };
+
+        self.identity = identity;
+        self.node
+            .connections
+            .hold_token(&self.outbox.connection_id, self.identity.token_holder());
+        let id = self.id().to_owned();
+        replies.now.push(crate::ws::connected_frame(
+            &self.node,
+            &id,
+            &self.identity,
+            None,
+        ));
+        self.fail_disallowed_channels(replies);
+        debug!(connection.id = %id, expires = self.identity.expires_ms(), "re-authorised");
+        Next::Continue
+    }
+
+    /// Detaches, with a channel ERROR (40160), every channel the capability no longer
+    /// allows, or no longer allows to receive on.
+    fn fail_disallowed_channels(&mut self, replies: &mut Replies) {
+        let capability = &self.identity.capability;
+        let lost: Vec<String> = (self.attached.iter())
+            .filter(|(name, attachment)| {
+                !capability.allows_any(name)
+                    || (attachment.modes & flags::SUBSCRIBE != 0
+                        && !capability.allows(name, "subscribe"))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in lost {
+            self.attached.remove(&name);
+            self.node.region.detach(&self.key(&name), self.id());
+            let error = AblyError::CapabilityDenied {
+                op: "attach",
+                channel: name.clone(),
+            };
+            replies.now.push(channel_error(&name, &error));
+        }
     }
 
     /// Leaves every channel; called once when the connection ends, however it ends.
@@ -133,7 +184,7 @@ impl Connection {
 
     fn try_attach(&mut self, name: &str, pm: &ProtocolMessage) -> Result<(), AblyError> {
         validate_name(name)?;
-        let capability = &self.identity.key.capability;
+        let capability = &self.identity.capability;
         if !capability.allows_any(name) {
             return Err(AblyError::CapabilityDenied {
                 op: "attach",
@@ -200,7 +251,7 @@ impl Connection {
         msg_serial: i64,
     ) -> Result<oneshot::Receiver<Outcome>, AblyError> {
         validate_name(name)?;
-        if !self.identity.key.capability.allows(name, "publish") {
+        if !self.identity.capability.allows(name, "publish") {
             return Err(AblyError::CapabilityDenied {
                 op: "publish",
                 channel: name.into(),

@@ -26,7 +26,7 @@ use crate::apps::{new_app_id, new_app_record, AppRegistry, NewApp, DEFAULT_APP_I
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::error::AblyError;
-use crate::node::Connections;
+use crate::node::{now_ms, Connections};
 
 /// Pause before following another member after a watch stream failed.
 const WATCH_RETRY: Duration = Duration::from_millis(500);
@@ -91,7 +91,42 @@ impl ControlPlane {
         if control.apps.is_empty() {
             control.create_default_app().await?;
         }
+        control.clone().spawn_heartbeat(
+            config.node.region.clone(),
+            Duration::from_millis(config.global.heartbeat_ms),
+        );
         Ok(control)
+    }
+
+    /// Registers the node's region once (unless an operator declared it lost: then it
+    /// stays out until registered on purpose) and reports it alive every `period`, so
+    /// the global master knows which regions can home channels.
+    fn spawn_heartbeat(self: Arc<Self>, region: String, period: Duration) {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                ticker.tick().await;
+                let known = self.catalog.lock().region(&region).map(|r| r.lost);
+                let command = match known {
+                    None => Command::RegisterRegion {
+                        name: region.clone(),
+                        bridges: Vec::new(),
+                        now_ms: now_ms() as u64,
+                    },
+                    Some(false) => Command::RegionHeartbeat {
+                        name: region.clone(),
+                        now_ms: now_ms() as u64,
+                    },
+                    Some(true) => {
+                        warn!(region = %region, "this region is declared lost; not reporting it alive");
+                        continue;
+                    }
+                };
+                if let Err(error) = self.write(command).await {
+                    debug!(region = %region, "region heartbeat not recorded: {error}");
+                }
+            }
+        });
     }
 
     /// Creates an app from an admin request; returns once this node can use it.
@@ -112,6 +147,46 @@ impl ControlPlane {
         })
         .await?;
         Ok(())
+    }
+
+    /// Refuses tokens of `key_name` for `target` (`clientId:alice`) issued before
+    /// `issued_before_ms`, in every region; returns once this node refuses them.
+    pub async fn revoke_tokens(
+        &self,
+        key_name: &str,
+        target: &str,
+        issued_before_ms: u64,
+    ) -> Result<(), AblyError> {
+        let command = Command::RevokeTokens {
+            key_name: key_name.to_owned(),
+            target: target.to_owned(),
+            issued_before_ms,
+        };
+        self.write(command).await.map(|_| ())
+    }
+
+    /// Tokens of `key_name` for `target` issued before this time are revoked.
+    pub fn revoked_before(&self, key_name: &str, target: &str) -> Option<u64> {
+        self.catalog.lock().revoked_before(key_name, target)
+    }
+
+    /// Disconnects this node's connections whose token a revocation now covers,
+    /// wherever it was written. They hear it as a token error, so clients that can
+    /// obtain a fresh token do and come back.
+    fn revoke_live(&self, update: &Update) {
+        let Update::Revocation {
+            key_name,
+            target,
+            issued_before_ms: Some(before),
+        } = update
+        else {
+            return;
+        };
+        let info = AblyError::TokenRevoked.to_info();
+        let closed = self.connections.revoke(key_name, target, *before, &info);
+        if closed > 0 {
+            info!(key.name = %key_name, connections.closed = closed, "tokens revoked");
+        }
     }
 
     /// Commits `command` and waits until this node's copy includes it.
@@ -239,7 +314,10 @@ impl ControlPlane {
         for change in changes {
             match catalog.apply_change(change) {
                 Ok(applied) => {
-                    apps_changed |= applied && matches!(change.update, Update::App { .. })
+                    apps_changed |= applied && matches!(change.update, Update::App { .. });
+                    if applied {
+                        self.revoke_live(&change.update);
+                    }
                 }
                 Err(gap) => {
                     warn!("catalog copy out of step ({gap}); asking again");
@@ -269,6 +347,13 @@ impl ControlPlane {
         let mut catalog = self.catalog.lock();
         *catalog = new;
         self.sync_apps(&catalog);
+        for revocation in catalog.revocations() {
+            self.revoke_live(&Update::Revocation {
+                key_name: revocation.key_name,
+                target: revocation.target,
+                issued_before_ms: Some(revocation.issued_before_ms),
+            });
+        }
         self.seen.send_replace(catalog.version());
         self.loaded.send_replace(true);
     }

@@ -34,8 +34,22 @@ pub enum AblyError {
     NoCredentials,
     #[error("the admin api requires the admin token as a bearer token")]
     AdminUnauthorized,
-    #[error("token authentication is not available on this node yet")]
-    TokenAuthUnavailable,
+    #[error("credentials are incompatible: {0}")]
+    IncompatibleCredentials(String),
+    #[error("token request timestamp is outside the allowed window")]
+    TimestampOutsideWindow,
+    #[error("token request nonce was already used")]
+    NonceReplayed,
+    #[error("token revoked")]
+    TokenRevoked,
+    #[error("token expired")]
+    TokenExpired,
+    #[error("token not recognised: {0}")]
+    TokenInvalid(String),
+    #[error("invalid JWT: {0}")]
+    InvalidJwt(String),
+    #[error("the requested capability grants nothing the key allows")]
+    CapabilityEmpty,
     #[error("operation {op} on channel {channel:?} is not permitted by the capability")]
     CapabilityDenied { op: &'static str, channel: String },
     #[error("channel mode {mode} was not requested when attaching {channel:?}")]
@@ -84,7 +98,14 @@ impl AblyError {
             InvalidData(_) => (40013, 400),
             InvalidCredentials(_) | NoCredentials => (40101, 401),
             AdminUnauthorized => (40100, 401),
-            TokenAuthUnavailable => (40143, 401),
+            IncompatibleCredentials(_) => (40102, 401),
+            TimestampOutsideWindow => (40104, 401),
+            NonceReplayed => (40105, 401),
+            TokenRevoked => (40141, 401),
+            TokenExpired => (40142, 401),
+            TokenInvalid(_) => (40143, 401),
+            InvalidJwt(_) => (40144, 401),
+            CapabilityEmpty => (40160, 401),
             CapabilityDenied { .. } => (40160, 401),
             ModeNotRequested { .. } => (40165, 401),
             Forbidden(_) => (40300, 403),

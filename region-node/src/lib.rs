@@ -3,6 +3,7 @@
 //! Start with `docs/architecture.md` at the repository root for the code map.
 
 pub mod apps;
+pub mod auth;
 pub mod capability;
 pub mod channel_client;
 pub mod channel_master;

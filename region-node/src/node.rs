@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 use crate::apps::AppRegistry;
+use crate::auth::nonce::NonceCache;
+use crate::auth::{client_target, revoked};
 use crate::config::Config;
 use crate::connection_key::KeySigner;
 use crate::control::ControlPlane;
@@ -28,6 +30,8 @@ pub struct Node {
     pub connections: Arc<Connections>,
     pub keys: KeySigner,
     pub admin_token: String,
+    /// TokenRequest nonces this node has accepted.
+    pub nonces: NonceCache,
 }
 
 /// Live connections of this node, by connection id. The registry holds only each
@@ -35,6 +39,18 @@ pub struct Node {
 #[derive(Default)]
 pub struct Connections {
     live: RwLock<HashMap<Arc<str>, Arc<Outbox>>>,
+    /// The token each token-authenticated connection holds now (it changes on
+    /// in-band AUTH), so a revocation finds the connections it covers. Lock order:
+    /// `tokens` before `live`.
+    tokens: RwLock<HashMap<Arc<str>, TokenHolder>>,
+}
+
+/// What a revocation matches a connection's token by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenHolder {
+    pub key_name: String,
+    pub client_id: Option<String>,
+    pub issued_ms: i64,
 }
 
 impl Connections {
@@ -45,7 +61,46 @@ impl Connections {
     }
 
     pub fn remove(&self, connection_id: &str) {
+        self.tokens.write().remove(connection_id);
         self.live.write().remove(connection_id);
+    }
+
+    /// Records the token a connection holds now; `None` for a key.
+    pub fn hold_token(&self, connection_id: &Arc<str>, holder: Option<TokenHolder>) {
+        let mut tokens = self.tokens.write();
+        match holder {
+            Some(holder) => tokens.insert(connection_id.clone(), holder),
+            None => tokens.remove(connection_id),
+        };
+    }
+
+    /// Disconnects every connection holding a token of `key_name` for `target` issued
+    /// before `issued_before_ms`, returning how many there were.
+    pub fn revoke(
+        &self,
+        key_name: &str,
+        target: &str,
+        issued_before_ms: u64,
+        error: &ErrorInfo,
+    ) -> usize {
+        let tokens = self.tokens.read();
+        let live = self.live.read();
+        let covered = tokens.iter().filter(|(_, holder)| {
+            holder.key_name == key_name
+                && holder
+                    .client_id
+                    .as_deref()
+                    .is_some_and(|id| client_target(id) == target)
+                && revoked(holder.issued_ms, issued_before_ms)
+        });
+        let mut count = 0;
+        for (connection_id, _) in covered {
+            if let Some(outbox) = live.get(connection_id) {
+                outbox.disconnect(error.clone());
+                count += 1;
+            }
+        }
+        count
     }
 
     pub fn len(&self) -> usize {

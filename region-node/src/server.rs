@@ -68,6 +68,7 @@ pub async fn build_node(config: Config, client_addr: SocketAddr) -> anyhow::Resu
         connections,
         keys: KeySigner::new(&cluster_secret),
         admin_token,
+        nonces: Default::default(),
         config,
     }))
 }

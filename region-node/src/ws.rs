@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
@@ -15,9 +16,8 @@ use futures_util::SinkExt;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, debug_span, Instrument};
 
-use crate::connection::{
-    ack_frame, fatal, Connection, Identity, Next, Outcome, PendingAck, Replies,
-};
+use crate::auth::{self, Identity};
+use crate::connection::{ack_frame, fatal, Connection, Next, Outcome, PendingAck, Replies};
 use crate::connection_key::ConnectionKey;
 use crate::data_dir::random_string;
 use crate::error::AblyError;
@@ -128,10 +128,12 @@ async fn run(
         params.format,
         node.config.limits.max_connection_queue_bytes,
     );
-    let connected = connected_frame(&node, &connection_id, &identity, &params);
+    let connected = connected_frame(&node, &connection_id, &identity, continuity_lost(&params));
+    let holder = identity.token_holder();
     let mut connection = Connection::new(node.clone(), identity, outbox.clone(), params.echo);
 
     node.connections.insert(outbox);
+    node.connections.hold_token(&connection_id, holder);
     metrics::gauge!("starling_connections").increment(1.0);
     debug!("connected");
 
@@ -161,8 +163,19 @@ async fn pump(
     let mut replies = Replies::default();
     let mut acks: VecDeque<PendingAck> = VecDeque::new();
 
+    // The token's expiry, on tokio's clock; re-armed when in-band AUTH renews it.
+    let mut expires_ms = connection.identity().expires_ms();
+    let expiry = tokio::time::sleep_until(token_deadline(expires_ms));
+    tokio::pin!(expiry);
+
     loop {
         tokio::select! {
+            () = &mut expiry, if expires_ms.is_some() => {
+                debug!("token expired");
+                let expired = AblyError::TokenExpired.to_info();
+                let _ = last_word(socket, action::DISCONNECTED, expired, params.format).await;
+                return;
+            }
             inbound = socket.recv() => {
                 last_heard = Instant::now();
                 let next = match inbound {
@@ -179,6 +192,10 @@ async fn pump(
                 if next == Next::Close {
                     let _ = socket.close().await;
                     return;
+                }
+                if connection.identity().expires_ms() != expires_ms {
+                    expires_ms = connection.identity().expires_ms();
+                    expiry.as_mut().reset(token_deadline(expires_ms));
                 }
             }
             outcome = first_outcome(&mut acks), if !acks.is_empty() => {
@@ -209,6 +226,15 @@ async fn pump(
             }
         }
     }
+}
+
+/// When a token expiring at `expires_ms` (wall clock) runs out; far away for none.
+fn token_deadline(expires_ms: Option<i64>) -> Instant {
+    const NEVER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+    let left = expires_ms.map_or(NEVER, |at| {
+        Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
+    });
+    Instant::now() + left
 }
 
 /// Whether a socket write finished in time and without error.
@@ -363,28 +389,27 @@ fn to_ws(frame: Encoded) -> WsMessage {
 }
 
 fn authenticate(node: &Node, params: &ConnectParams) -> Result<Identity, AblyError> {
-    let (app, key) = match (&params.key, &params.access_token) {
-        (Some(key), _) => node.apps.authenticate(key)?,
-        (None, Some(_)) => return Err(AblyError::TokenAuthUnavailable),
-        (None, None) => return Err(AblyError::NoCredentials),
-    };
-    if params.client_id.as_deref() == Some("*") {
-        return Err(AblyError::InvalidClientId(
-            "a wildcard clientId needs a token".into(),
-        ));
+    let client_id = params.client_id.as_deref();
+    match (&params.key, &params.access_token) {
+        (Some(key), _) => auth::key_identity(&node.apps, key, client_id),
+        (None, Some(token)) => auth::token_identity(node, token, client_id),
+        (None, None) => Err(AblyError::NoCredentials),
     }
-    Ok(Identity {
-        app,
-        key,
-        client_id: params.client_id.clone(),
-    })
 }
 
-fn connected_frame(
+/// Connection state is not kept across transports yet, so a resume or recover
+/// always starts afresh, and the client is told so rather than left guessing.
+fn continuity_lost(params: &ConnectParams) -> Option<ErrorInfo> {
+    (params.resume.is_some() || params.recover.is_some())
+        .then(|| AblyError::InvalidConnectionKey.to_info())
+}
+
+/// CONNECTED for connection `id`: on connect, and again after an in-band AUTH.
+pub fn connected_frame(
     node: &Node,
     id: &str,
     identity: &Identity,
-    params: &ConnectParams,
+    error: Option<ErrorInfo>,
 ) -> ProtocolMessage {
     let config = &node.config;
     let key = ConnectionKey {
@@ -393,11 +418,6 @@ fn connected_frame(
         node: config.node.id.clone(),
         issued_ms: now_ms() as u64,
     };
-
-    // Connection state is not kept across transports yet, so a resume or recover
-    // always starts afresh, and the client is told so rather than left guessing.
-    let continuity_lost = (params.resume.is_some() || params.recover.is_some())
-        .then(|| AblyError::InvalidConnectionKey.to_info());
 
     ProtocolMessage {
         connection_id: Some(id.to_owned()),
@@ -412,7 +432,7 @@ fn connected_frame(
             server_id: config.node.id.clone(),
             site_code: config.node.region.clone(),
         }),
-        error: continuity_lost,
+        error,
         ..ProtocolMessage::new(action::CONNECTED)
     }
 }

@@ -88,7 +88,30 @@ impl Client {
         if !query.is_empty() {
             write!(full, "&{query}")?;
         }
-        let mut client = Client::open(addr, &full, format).await?;
+        Client::connect_query(addr, &full, format).await
+    }
+
+    /// Connects with a token (`access_token`) plus `query`, and waits for CONNECTED.
+    pub async fn connect_with_token(
+        addr: SocketAddr,
+        token: &str,
+        query: &str,
+        format: Format,
+    ) -> anyhow::Result<Client> {
+        let mut full = format!("access_token={}", encode_component(token));
+        if !query.is_empty() {
+            write!(full, "&{query}")?;
+        }
+        Client::connect_query(addr, &full, format).await
+    }
+
+    /// Opens with `query` (credentials included) and waits for CONNECTED.
+    async fn connect_query(
+        addr: SocketAddr,
+        query: &str,
+        format: Format,
+    ) -> anyhow::Result<Client> {
+        let mut client = Client::open(addr, query, format).await?;
         let first = client
             .recv_until(
                 |f| is_action(f, action::CONNECTED) || is_action(f, action::ERROR),

@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use starling_global::api::{Answer, Consistency, Query, ReadRequest};
+use starling_global::state::Catalog;
+use starling_proto::tls::TlsFiles;
 use tempfile::TempDir;
 
 use crate::node::binary;
@@ -71,10 +74,31 @@ impl GlobalGroup {
     pub fn node_config(&self, node_name: &str) -> anyhow::Result<String> {
         let members: Vec<String> = self.members().iter().map(|m| format!("{m:?}")).collect();
         Ok(format!(
-            "[global]\nmembers = [{}]\nrequest_timeout_ms = 3000\n\n{}",
+            "[global]\nmembers = [{}]\nrequest_timeout_ms = 3000\nheartbeat_ms = 200\n\n{}",
             members.join(", "),
             self.tls_section(node_name)?
         ))
+    }
+
+    /// The catalog as the leader holds it, read as an operator would.
+    pub async fn catalog(&self) -> anyhow::Result<Catalog> {
+        self.tls_section("operator")?;
+        let path = |file: &str| self.dir.path().join(file);
+        let operator = TlsFiles {
+            ca_cert: path("ca.pem"),
+            cert: path("operator.pem"),
+            key: path("operator.key"),
+        };
+        let mut client = starling_global::client::Client::new(self.members(), &operator)?;
+        let request = ReadRequest {
+            query: Query::Catalog,
+            consistency: Consistency::Linearizable,
+        };
+        let reply = client.read(&request, Duration::from_secs(10)).await?;
+        match reply.answer {
+            Answer::Catalog(catalog) => Ok(catalog),
+            other => bail!("asked for the catalog, got {other:?}"),
+        }
     }
 
     /// SIGKILLs member `id` (1-based).

@@ -12,11 +12,13 @@
 //!   some client misbehaved.
 //! - [`global`]: a global master group of real processes, for nodes that use one.
 //! - [`rest`]: Basic auth, `Link` header parsing and MessagePack bodies for REST tests.
+//! - [`token`]: signed TokenRequests, `requestToken` and `revokeTokens`.
 
 pub mod client;
 pub mod global;
 pub mod node;
 pub mod rest;
+pub mod token;
 pub mod wire;
 pub mod witness;
 

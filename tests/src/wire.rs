@@ -47,6 +47,7 @@ pub mod action {
     pub const DETACH: i64 = 12;
     pub const DETACHED: i64 = 13;
     pub const MESSAGE: i64 = 15;
+    pub const AUTH: i64 = 17;
 }
 
 /// ProtocolMessage flags (protocol.md §2.3).

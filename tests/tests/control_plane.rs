@@ -79,6 +79,33 @@ async fn refused(node: &Node, key: &str) -> Result<bool> {
     Ok(is_action(&frame, action::ERROR) && frame["error"]["code"] == 40101)
 }
 
+/// Waits until every region in `names` is registered, not lost, with a heartbeat
+/// later than `after_ms`; returns the oldest of those heartbeats.
+async fn regions_alive(group: &GlobalGroup, names: &[&str], after_ms: u64) -> Result<u64> {
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let catalog = group.catalog().await?;
+        let beats: Option<Vec<u64>> = names
+            .iter()
+            .map(|name| {
+                catalog
+                    .region(name)
+                    .filter(|r| !r.lost)
+                    .map(|r| r.last_heartbeat_ms)
+            })
+            .collect();
+        match beats {
+            Some(beats) if beats.iter().all(|b| *b > after_ms) => {
+                return Ok(beats.into_iter().min().unwrap_or_default())
+            }
+            _ if Instant::now() >= deadline => {
+                bail!("regions {names:?} not alive after {after_ms}: {catalog:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 #[tokio::test]
 async fn apps_are_shared_across_regions_and_survive_a_member_loss() -> Result<()> {
     let mut group = GlobalGroup::start(3).await?;
@@ -90,6 +117,10 @@ async fn apps_are_shared_across_regions_and_survive_a_member_loss() -> Result<()
         eu.key(),
         us.key()
     );
+
+    // Both regions registered themselves and keep reporting alive.
+    let first = regions_alive(&group, &["eu", "us"], 0).await?;
+    regions_alive(&group, &["eu", "us"], first).await?;
 
     let (app_id, key) = create_app(&eu).await?;
     let mut on_us = connect_when_known(&us, &key).await?;

@@ -334,7 +334,13 @@ impl Group {
     /// Waits until every running member names the same leader, which calls itself the
     /// leader, and returns its id.
     pub async fn leader(&self) -> u64 {
-        let running = self.running();
+        self.leader_among(&self.running()).await
+    }
+
+    /// Waits until the members `ids` name the same leader, one of them, which calls
+    /// itself the leader; the others (stopped, perhaps) are not asked.
+    pub async fn leader_among(&self, ids: &[u64]) -> u64 {
+        let running = ids.to_vec();
         wait_for("one leader all members agree on", DEADLINE, || async {
             let mut leaders = Vec::new();
             for &id in &running {

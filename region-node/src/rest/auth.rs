@@ -1,9 +1,8 @@
-//! Who is calling: API keys for the channel endpoints, the admin token for the admin
-//! API.
+//! Who is calling: API keys or tokens for the channel endpoints, the admin token for
+//! the admin API.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
@@ -13,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
 use super::request::Params;
-use crate::apps::{App, Key};
+use crate::auth::{key_identity, token_identity, Identity};
 use crate::error::AblyError;
 use crate::node::Node;
 
@@ -22,7 +21,8 @@ use crate::node::Node;
 enum Credentials {
     /// A full key string `appId.keyId:secret`.
     Key(String),
-    Token,
+    /// The token string itself (a Bearer header carries it base64-encoded).
+    Token(String),
 }
 
 /// The address of the peer, when the server was started with connect info (tests that
@@ -42,17 +42,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-/// Authenticates a channel request by basic auth or `?key=`.
+/// Authenticates a request by basic auth, a bearer token, `?key=` or
+/// `?access_token=`. The clientId of a key's request is decided per endpoint.
 pub fn authenticate(
     node: &Node,
     headers: &HeaderMap,
     params: &Params,
-) -> Result<(Arc<App>, Arc<Key>), AblyError> {
+) -> Result<Identity, AblyError> {
     match credentials(headers, params)? {
-        Credentials::Key(key) => node.apps.authenticate(&key),
-        // TODO: token auth (protocol.md §7.3) is not implemented; token clients are
-        // refused with a token error until it is.
-        Credentials::Token => Err(AblyError::TokenAuthUnavailable),
+        Credentials::Key(key) => key_identity(&node.apps, &key, None),
+        Credentials::Token(token) => token_identity(node, &token, None),
     }
 }
 
@@ -90,8 +89,8 @@ fn credentials(headers: &HeaderMap, params: &Params) -> Result<Credentials, Ably
         if let Some(encoded) = strip_scheme(value, "Basic") {
             return decode_basic(encoded.trim()).map(Credentials::Key);
         }
-        if strip_scheme(value, "Bearer").is_some() {
-            return Ok(Credentials::Token);
+        if let Some(token) = strip_scheme(value, "Bearer") {
+            return Ok(Credentials::Token(decode_bearer(token.trim())));
         }
         return Err(AblyError::InvalidCredentials(
             "unsupported authorization scheme".into(),
@@ -101,8 +100,8 @@ fn credentials(headers: &HeaderMap, params: &Params) -> Result<Credentials, Ably
     if let Some(key) = params.get("key") {
         return Ok(Credentials::Key(key.to_owned()));
     }
-    if params.get("access_token").is_some() {
-        return Ok(Credentials::Token);
+    if let Some(token) = params.get("access_token") {
+        return Ok(Credentials::Token(token.to_owned()));
     }
     Err(AblyError::NoCredentials)
 }
@@ -115,6 +114,16 @@ fn header_text(headers: &HeaderMap) -> Option<&str> {
 fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
     let (given, rest) = value.split_once(' ')?;
     given.eq_ignore_ascii_case(scheme).then_some(rest)
+}
+
+/// ably-js sends `Bearer base64(token)`; other clients send the token as is. Tokens
+/// hold `.`, which base64 never does, so the two cannot be confused.
+fn decode_bearer(value: &str) -> String {
+    BASE64
+        .decode(value)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_else(|| value.to_owned())
 }
 
 fn decode_basic(encoded: &str) -> Result<String, AblyError> {
@@ -153,10 +162,13 @@ mod tests {
 
     #[test]
     fn tokens_and_missing_or_broken_credentials() {
-        let token = credentials(&with_auth("Bearer abc"), &Params::default());
-        assert_eq!(token, Ok(Credentials::Token));
+        let encoded = format!("Bearer {}", BASE64.encode("st1.abc.def"));
+        let token = credentials(&with_auth(&encoded), &Params::default());
+        assert_eq!(token, Ok(Credentials::Token("st1.abc.def".into())));
+        let raw = credentials(&with_auth("Bearer a.b.c"), &Params::default());
+        assert_eq!(raw, Ok(Credentials::Token("a.b.c".into())));
         let token = credentials(&HeaderMap::new(), &Params::parse(Some("access_token=x")));
-        assert_eq!(token, Ok(Credentials::Token));
+        assert_eq!(token, Ok(Credentials::Token("x".into())));
 
         let none = credentials(&HeaderMap::new(), &Params::default()).unwrap_err();
         assert_eq!(none, AblyError::NoCredentials);

@@ -16,7 +16,7 @@ use super::response::{Negotiation, Reply};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
-use crate::apps::Key;
+use crate::auth::Identity;
 use crate::channel_master::{HistoryQuery, Publish};
 use crate::channels::{channel_key, validate_name};
 use crate::connection::prepare_messages;
@@ -115,16 +115,16 @@ impl<'a> ChannelRequest<'a> {
     /// Authenticates the caller and checks the channel name, in that order, so that
     /// an anonymous caller learns nothing about names.
     fn open(self) -> Result<Opened, AblyError> {
-        let (app, key) = authenticate(self.node, self.headers, &self.params)?;
+        let identity = authenticate(self.node, self.headers, &self.params)?;
         let Path(name) = self
             .name
             .map_err(|e| AblyError::InvalidChannelName(e.body_text()))?;
         validate_name(&name)?;
-        let channel = channel_key(&app.id, &name);
+        let channel = channel_key(&identity.app.id, &name);
         Ok(Opened {
             name,
             channel,
-            key,
+            identity,
             params: self.params,
         })
     }
@@ -135,12 +135,12 @@ struct Opened {
     name: String,
     /// The region-wide key of the app's channel.
     channel: String,
-    key: Arc<Key>,
+    identity: Identity,
     params: Params,
 }
 
-fn require(key: &Key, channel: &str, op: &'static str) -> Result<(), AblyError> {
-    if key.capability.allows(channel, op) {
+fn require(identity: &Identity, channel: &str, op: &'static str) -> Result<(), AblyError> {
+    if identity.capability.allows(channel, op) {
         return Ok(());
     }
     Err(AblyError::CapabilityDenied {
@@ -154,14 +154,19 @@ async fn try_publish(
     body: &RestBody,
 ) -> Result<Reply<Published>, AblyError> {
     let node = request.node;
-    let client_id = request_client_id(request.headers)?;
+    let declared = request_client_id(request.headers)?;
     let Opened {
-        name, channel, key, ..
+        name,
+        channel,
+        identity,
+        ..
     } = request.open()?;
-    require(&key, &name, "publish")?;
+    require(&identity, &name, "publish")?;
 
     // Basic auth may publish under any clientId; a client that declares one
-    // (`X-Ably-ClientId`) has it stamped on messages that carry none.
+    // (`X-Ably-ClientId`) has it stamped on messages that carry none. An identified
+    // token's clientId wins over any declaration, and messages must carry it.
+    let client_id = identity.client_id.clone().or(declared);
     let limits = &node.config.limits;
     let messages = prepare_messages(decode_messages(body)?, client_id.as_deref(), limits)?;
 
@@ -203,10 +208,10 @@ async fn try_history(
     let Opened {
         name,
         channel,
-        key,
+        identity,
         params,
     } = request.open()?;
-    require(&key, &name, "history")?;
+    require(&identity, &name, "history")?;
     let history = HistoryParams::parse(&params)?;
 
     let page = node
@@ -227,9 +232,12 @@ async fn try_history(
 async fn try_status(request: ChannelRequest<'_>) -> Result<Reply<Value>, AblyError> {
     let node = request.node;
     let Opened {
-        name, channel, key, ..
+        name,
+        channel,
+        identity,
+        ..
     } = request.open()?;
-    if !key.capability.allows_any(&name) {
+    if !identity.capability.allows_any(&name) {
         return Err(AblyError::CapabilityDenied {
             op: "channel-metadata",
             channel: name,

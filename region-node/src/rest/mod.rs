@@ -2,8 +2,9 @@
 //!
 //! - `response`: format negotiation, the Ably error shape and the browser envelope.
 //! - `request`: query parameters and size-limited bodies.
-//! - `auth`: API keys for channel endpoints, the admin token for the admin API.
+//! - `auth`: API keys and tokens for channel endpoints, the admin token for the admin API.
 //! - `channels`: publish, history and status of one channel.
+//! - `tokens`: issuing tokens (`requestToken`) and revoking them (`revokeTokens`).
 //! - `admin`: creating and deleting apps.
 //!
 //! Every answer, including unknown paths and wrong methods, uses Ably's error shape, so
@@ -14,6 +15,7 @@ mod auth;
 mod channels;
 mod request;
 mod response;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,8 @@ pub fn router() -> Router<Arc<Node>> {
         .method_not_allowed_fallback(method_not_allowed);
     let client = Router::new()
         .route("/time", get(time))
+        .route("/keys/{key_name}/requestToken", post(tokens::request_token))
+        .route("/keys/{key_name}/revokeTokens", post(tokens::revoke_tokens))
         .route("/channels/{name}", get(channels::status))
         .route(
             "/channels/{name}/messages",
