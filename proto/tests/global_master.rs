@@ -10,8 +10,8 @@ use starling_proto::global::control_server::{Control, ControlServer};
 use starling_proto::global::raft_client::RaftClient;
 use starling_proto::global::raft_server::{Raft, RaftServer};
 use starling_proto::global::{
-    CommandBytes, MembershipBytes, RaftBytes, ReadRequest, ResponseBytes, StatusReply, StatusRequest, WatchEvent,
-    WatchRequest,
+    CommandBytes, MembershipBytes, RaftBytes, ReadRequest, ResponseBytes, StatusReply,
+    StatusRequest, WatchEvent, WatchRequest,
 };
 use starling_proto::tls::{server_tls, TlsFiles, SERVER_NAME};
 use tokio_stream::{Stream, StreamExt};

@@ -55,6 +55,15 @@ impl ChannelClient {
         self.subscribers.is_empty()
     }
 
+    /// Ends every local attachment with `frame` (a channel ERROR): the channel can no
+    /// longer be served here.
+    pub fn fail_all(&mut self, frame: &ProtocolMessage) {
+        for sub in self.subscribers.drain(..) {
+            sub.outbox
+                .send_frame(codec::encode(frame, sub.outbox.format));
+        }
+    }
+
     /// Sends a sequenced frame to every local subscriber, encoding it at most once per
     /// wire format.
     pub fn deliver(&mut self, frame: &ProtocolMessage) {

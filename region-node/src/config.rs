@@ -42,6 +42,10 @@ pub struct GlobalConfig {
     pub request_timeout_ms: u64,
     /// How often the node reports its region alive to the global master.
     pub heartbeat_ms: u64,
+    /// How often a channel master reports its channel in use, so the global master
+    /// does not expire its home (keep it well below the global master's
+    /// `homes.idle_expiry_ms`).
+    pub home_touch_ms: u64,
 }
 
 impl Default for GlobalConfig {
@@ -50,6 +54,7 @@ impl Default for GlobalConfig {
             members: Vec::new(),
             request_timeout_ms: 10_000,
             heartbeat_ms: 5_000,
+            home_touch_ms: 3_600_000,
         }
     }
 }

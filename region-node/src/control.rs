@@ -19,7 +19,7 @@ use starling_global::embedded::Embedded;
 use starling_global::state::{Catalog, Change, ChangesSince, Command, Outcome, Update};
 use starling_global::store::StateReader;
 use starling_proto::tls::TlsFiles;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::apps::{new_app_id, new_app_record, AppRegistry, NewApp, DEFAULT_APP_ID};
@@ -27,6 +27,16 @@ use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::error::AblyError;
 use crate::node::{now_ms, Connections};
+use crate::region::HomeView;
+
+/// A change to the channel homes of the node's catalog copy, for the region task.
+#[derive(Debug)]
+pub enum HomeEvent {
+    /// One channel's home is now this (`None`: it has none).
+    Set(String, Option<HomeView>),
+    /// The copy was replaced: these are all the homes there are.
+    Replace(Vec<(String, HomeView)>),
+}
 
 /// Pause before following another member after a watch stream failed.
 const WATCH_RETRY: Duration = Duration::from_millis(500);
@@ -52,6 +62,10 @@ pub struct ControlPlane {
     seen: watch::Sender<u64>,
     /// Becomes true once the copy was first loaded (an empty catalog has version 0).
     loaded: watch::Sender<bool>,
+    /// Where home changes go, once the region task follows them.
+    homes: Mutex<Option<mpsc::UnboundedSender<HomeEvent>>>,
+    /// This node's region: where channels first used here are homed.
+    region: String,
     timeout: Duration,
 }
 
@@ -83,6 +97,8 @@ impl ControlPlane {
             catalog: Mutex::new(Catalog::default()),
             seen: watch::channel(0).0,
             loaded: watch::channel(false).0,
+            homes: Mutex::new(None),
+            region: config.node.region.clone(),
             timeout: Duration::from_millis(config.global.request_timeout_ms),
         });
 
@@ -91,6 +107,7 @@ impl ControlPlane {
         if control.apps.is_empty() {
             control.create_default_app().await?;
         }
+        control.register_region().await;
         control.clone().spawn_heartbeat(
             config.node.region.clone(),
             Duration::from_millis(config.global.heartbeat_ms),
@@ -127,6 +144,71 @@ impl ControlPlane {
                 }
             }
         });
+    }
+
+    /// Registers the region before the node serves, so the first channel used here is
+    /// homed here (an unregistered region is not live, and homes go to live regions).
+    async fn register_region(&self) {
+        let known = self.catalog.lock().region(&self.region).is_some();
+        if known {
+            return;
+        }
+        let command = Command::RegisterRegion {
+            name: self.region.clone(),
+            bridges: Vec::new(),
+            now_ms: now_ms() as u64,
+        };
+        match self.write(command).await {
+            Ok(_) => {
+                info!(region.id = %self.region, "registered the region with the global master")
+            }
+            Err(error) => warn!(region.id = %self.region, "region not registered yet: {error}"),
+        }
+    }
+
+    /// The channel's home (`appId/name`), assigning this node's region on first use.
+    /// Returns once this node's catalog copy holds it, so the region task has been
+    /// told before the answer arrives.
+    pub async fn home(&self, channel: &str) -> Result<HomeView, AblyError> {
+        if let Some(home) = self.catalog.lock().home(channel) {
+            return Ok(home_view(home));
+        }
+        let command = Command::GetOrAssignHome {
+            channel: channel.to_owned(),
+            preferred_region: self.region.clone(),
+            now_ms: now_ms() as u64,
+        };
+        match self.write(command).await? {
+            Outcome::Home { home, assigned } => {
+                debug!(channel = channel, home.region = %home.region, assigned, "channel home");
+                Ok(home_view(&home))
+            }
+            other => Err(AblyError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Reports the channel in use, so its home does not expire.
+    pub async fn touch_home(&self, channel: &str) -> Result<(), AblyError> {
+        let command = Command::TouchHome {
+            channel: channel.to_owned(),
+            now_ms: now_ms() as u64,
+        };
+        self.write(command).await.map(|_| ())
+    }
+
+    /// Every home of the catalog copy now, and from then on each change to them, with
+    /// nothing missed in between (both are taken under the copy's lock).
+    pub fn follow_homes(&self) -> (Vec<(String, HomeView)>, mpsc::UnboundedReceiver<HomeEvent>) {
+        let catalog = self.catalog.lock();
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.homes.lock() = Some(tx);
+        (all_homes(&catalog), rx)
+    }
+
+    fn tell_homes(&self, event: HomeEvent) {
+        if let Some(tx) = self.homes.lock().as_ref() {
+            let _ = tx.send(event);
+        }
     }
 
     /// Creates an app from an admin request; returns once this node can use it.
@@ -317,6 +399,10 @@ impl ControlPlane {
                     apps_changed |= applied && matches!(change.update, Update::App { .. });
                     if applied {
                         self.revoke_live(&change.update);
+                        if let Update::Home { channel, home } = &change.update {
+                            let view = home.as_ref().map(home_view);
+                            self.tell_homes(HomeEvent::Set(channel.clone(), view));
+                        }
                     }
                 }
                 Err(gap) => {
@@ -347,6 +433,7 @@ impl ControlPlane {
         let mut catalog = self.catalog.lock();
         *catalog = new;
         self.sync_apps(&catalog);
+        self.tell_homes(HomeEvent::Replace(all_homes(&catalog)));
         for revocation in catalog.revocations() {
             self.revoke_live(&Update::Revocation {
                 key_name: revocation.key_name,
@@ -357,6 +444,19 @@ impl ControlPlane {
         self.seen.send_replace(catalog.version());
         self.loaded.send_replace(true);
     }
+}
+
+fn home_view(home: &starling_global::state::Home) -> HomeView {
+    HomeView {
+        region: home.region.clone(),
+        epoch: home.epoch,
+    }
+}
+
+fn all_homes(catalog: &Catalog) -> Vec<(String, HomeView)> {
+    (catalog.homes())
+        .map(|(channel, home)| (channel.clone(), home_view(home)))
+        .collect()
 }
 
 /// The node's `[tls]` files, which the global master's CA also signs.

@@ -34,6 +34,8 @@ pub enum AblyError {
     NoCredentials,
     #[error("the admin api requires the admin token as a bearer token")]
     AdminUnauthorized,
+    #[error("channel {channel:?} is homed in region {region}, which this region cannot reach yet")]
+    HomedElsewhere { channel: String, region: String },
     #[error("credentials are incompatible: {0}")]
     IncompatibleCredentials(String),
     #[error("token request timestamp is outside the allowed window")]
@@ -99,6 +101,8 @@ impl AblyError {
             InvalidCredentials(_) | NoCredentials => (40101, 401),
             AdminUnauthorized => (40100, 401),
             IncompatibleCredentials(_) => (40102, 401),
+            // Retriable (5xx): the home may move here, or bridges may come up.
+            HomedElsewhere { .. } => (50001, 503),
             TimestampOutsideWindow => (40104, 401),
             NonceReplayed => (40105, 401),
             TokenRevoked => (40141, 401),

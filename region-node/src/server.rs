@@ -22,7 +22,7 @@ use crate::data_dir::DataDir;
 use crate::error::AblyError;
 use crate::mesh::{MemberInfo, Mesh, MeshSettings};
 use crate::node::{now_ms, Connections, Node};
-use crate::region::{MeshLink, Region};
+use crate::region::{MeshLink, Region, RegionSettings};
 use crate::{describe, health, rest, ws};
 
 /// How long draining waits for clients to be told to go.
@@ -47,12 +47,14 @@ pub async fn build_node(config: Config, client_addr: SocketAddr) -> anyhow::Resu
         Some((mesh, inbound)) => (Some(mesh.clone()), Some(MeshLink { mesh, inbound })),
         None => (None, None),
     };
-    let region = Region::start(
-        &config.node.id,
-        config.mesh.replication_factor,
-        config.history.clone(),
-        link,
-    );
+    let settings = RegionSettings {
+        node_id: config.node.id.clone(),
+        region: config.node.region.clone(),
+        replication: config.mesh.replication_factor,
+        limits: config.history.clone(),
+        home_touch_ms: i64::try_from(config.global.home_touch_ms).unwrap_or(i64::MAX),
+    };
+    let region = Region::start(settings, control.clone(), link);
 
     let cluster_secret = config
         .node

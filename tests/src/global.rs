@@ -101,6 +101,37 @@ impl GlobalGroup {
         }
     }
 
+    /// Runs an operator subcommand of `global-master` (`move-home`, `state`, ...) with
+    /// an operator certificate against the group; its standard output on success.
+    pub async fn operator(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.tls_section("operator")?;
+        let path = |file: &str| self.dir.path().join(file);
+        let output = tokio::process::Command::new(global_master_binary())
+            .args(args)
+            .arg("--addr")
+            .arg(self.members().join(","))
+            .arg("--ca")
+            .arg(path("ca.pem"))
+            .arg("--cert")
+            .arg(path("operator.pem"))
+            .arg("--key")
+            .arg(path("operator.key"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running global-master")?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            bail!(
+                "global-master {args:?} failed ({}): {stdout}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(stdout)
+    }
+
     /// SIGKILLs member `id` (1-based).
     pub fn kill(&mut self, id: usize) {
         if let Some(mut child) = self.procs[id - 1].take() {

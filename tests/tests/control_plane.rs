@@ -156,6 +156,10 @@ async fn admin_writes_fail_retriably_without_a_quorum_while_known_apps_keep_work
 {
     let mut group = GlobalGroup::start(3).await?;
     let node = region_node(&group, "eu").await?;
+    let mut client = Client::connect(&node, "", Format::Msgpack).await?;
+    client
+        .publish_acked("still", json!([{"name": "homed"}]))
+        .await?;
     group.kill(1);
     group.kill(2);
 
@@ -173,10 +177,27 @@ async fn admin_writes_fail_retriably_without_a_quorum_while_known_apps_keep_work
         "without a quorum an app cannot be created: {status} {body}"
     );
 
-    // Apps already known keep working from the node's copy.
-    let mut client = Client::connect(&node, "", Format::Msgpack).await?;
+    // Apps already known keep working from the node's copy, on channels whose home
+    // the node already knows.
     client
         .publish_acked("still", json!([{"name": "up"}]))
         .await?;
+
+    // A channel never used needs a home, which only a quorum can assign: the publish
+    // is refused retriably rather than sequenced on a guess.
+    let msg_serial = client.publish("unhomed", json!([{"name": "x"}])).await?;
+    let reply = client
+        .recv_until(
+            |f| {
+                (is_action(f, action::ACK) || is_action(f, action::NACK))
+                    && f["msgSerial"] == msg_serial
+            },
+            Duration::from_secs(30),
+        )
+        .await?;
+    ensure!(
+        is_action(&reply, action::NACK) && reply["error"]["code"] == 50003,
+        "a publish needing a home without a quorum: {reply}"
+    );
     Ok(())
 }

@@ -240,6 +240,42 @@ impl RegionState {
         }
     }
 
+    /// The master says the channel is homed in another region: nothing local can be
+    /// served. Publishes are refused and attachments end with a channel ERROR, all
+    /// with a retriable error, so clients try again (the home may move here).
+    // TODO: relay to the home region over a bridge instead of refusing; that is the
+    // federation issue's work, and until then a channel is usable only in its home.
+    pub(super) fn on_homed_elsewhere(&mut self, from: NodeId, channel: &str, region: &str) {
+        let Some(slot) = self.clients.get_mut(channel) else {
+            return;
+        };
+        if slot.master.as_deref() != Some(from.as_str()) {
+            return;
+        }
+        let error = AblyError::HomedElsewhere {
+            channel: public_name(channel).to_owned(),
+            region: region.to_owned(),
+        }
+        .to_info();
+
+        for (_, inflight) in std::mem::take(&mut slot.inflight) {
+            let _ = inflight.reply.send(Err(error.clone()));
+        }
+        let failed = ProtocolMessage {
+            error: Some(error),
+            ..ProtocolMessage::for_channel(action::ERROR, public_name(channel))
+        };
+        for (subscriber, _) in std::mem::take(&mut slot.waiting) {
+            let frame = codec::encode(&failed, subscriber.outbox.format);
+            subscriber.outbox.send_frame(frame);
+        }
+        slot.local.fail_all(&failed);
+        slot.master = None;
+        slot.subscribed = false;
+        slot.wants_frames = false;
+        self.clients.remove(channel);
+    }
+
     /// After a view change and on every tick: every ChannelClient takes its routing
     /// step.
     pub(super) fn reroute_clients(&mut self) {

@@ -25,6 +25,11 @@ pub(super) struct MasterSlot {
     pub pending: VecDeque<Uncommitted>,
     /// The last position broadcast to subscribers.
     pub committed: Position,
+    /// The home epoch this master took the channel under; it sequences only while the
+    /// node's catalog copy still names this region home under it.
+    pub home_epoch: u64,
+    /// When the channel's home was last reported in use.
+    pub touched_ms: i64,
 }
 
 pub(super) struct Uncommitted {
@@ -64,6 +69,13 @@ impl RegionState {
         if let Some(acquire) = self.acquiring.get_mut(&channel) {
             acquire.queued.push((from, msg));
             return;
+        }
+        if let ChannelMsg::History { req, query, .. } = &msg {
+            if !self.masters.contains_key(&channel) && !self.homes.contains_key(&channel) {
+                // Reading never assigns a home, so a channel without one is read here.
+                self.history_without_home(from, &channel, *req, query);
+                return;
+            }
         }
         if !self.masters.contains_key(&channel) {
             self.begin_acquire(&channel);
@@ -256,6 +268,28 @@ impl RegionState {
         }
     }
 
+    /// History of a channel with no home: nothing was sequenced since its home was
+    /// last assigned, so only a copy this node still holds can have anything.
+    fn history_without_home(
+        &mut self,
+        from: NodeId,
+        channel: &str,
+        req: u64,
+        query: &HistoryQuery,
+    ) {
+        let page = match self.replicas.get(channel) {
+            Some(replica) => replica.core.history(query),
+            None => ChannelMaster::new(public_name(channel), 0, self.limits.clone()).history(query),
+        };
+        self.send(
+            from,
+            ChannelMsg::HistoryPage {
+                req,
+                result: Ok(page),
+            },
+        );
+    }
+
     /// A copy holder confirmed entries up to `upto`.
     pub(super) fn on_replicated(
         &mut self,
@@ -435,6 +469,7 @@ impl RegionState {
         };
         self.acquiring.insert(channel.to_owned(), acquire);
         self.ask_for_state(channel);
+        self.want_home(channel);
     }
 
     /// Live peers that have not yet answered a takeover "ready".
@@ -518,24 +553,36 @@ impl RegionState {
         let channels: Vec<String> = self.acquiring.keys().cloned().collect();
         for channel in channels {
             self.ask_for_state(&channel);
+            self.want_home(&channel);
             self.finish_acquire_if_done(&channel);
         }
     }
 
-    fn finish_acquire_if_done(&mut self, channel: &str) {
+    /// Completes a takeover once every live peer answered and the channel's home is
+    /// known; a channel homed in another region is refused instead.
+    pub(super) fn finish_acquire_if_done(&mut self, channel: &str) {
         let done = self.acquiring.contains_key(channel) && self.unanswered(channel).is_empty();
         if !done {
             return;
         }
+        let Some(home) = self.homes.get(channel).cloned() else {
+            return;
+        };
         let acquire = self.acquiring.remove(channel).expect("checked");
-        // Above every epoch heard of, and at least the wall clock in milliseconds, so a
-        // channel whose state was lost (all holders restarted, or evicted when idle)
-        // never reuses a position it gave before.
+        if home.region != self.region {
+            self.refuse_homed_elsewhere(channel, &home.region, acquire.queued);
+            return;
+        }
+
+        // Above every epoch heard of, at least the wall clock in milliseconds, and at
+        // least the home epoch (which the global master draws from its clock too), so
+        // a channel whose state was lost (all holders restarted, or evicted when idle)
+        // or whose home moved never reuses a position given before.
         let heard = acquire
             .max_epoch
             .max(acquire.best.as_ref().map_or(0, |b| b.last.epoch));
         let clock = u64::try_from(self.now_ms).unwrap_or(0);
-        let epoch = (heard + 1).max(clock);
+        let epoch = (heard + 1).max(clock).max(home.epoch);
         let core = match acquire.best {
             Some(state) => ChannelMaster::from_snapshot(
                 public_name(channel),
@@ -558,6 +605,8 @@ impl RegionState {
                 confirmed: HashMap::new(),
                 pending: VecDeque::new(),
                 committed,
+                home_epoch: home.epoch,
+                touched_ms: self.now_ms,
             },
         );
         self.refresh_copies(channel);

@@ -8,24 +8,28 @@
 //! applied in a single order.
 
 mod client;
+mod home;
 mod master;
 pub mod msg;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use client::ClientSlot;
 pub use client::PublishReply;
+pub use home::{HomeRequest, HomeView};
 use master::{Acquire, MasterSlot, Replica};
 use msg::ChannelMsg;
 
 use crate::channel_client::{Occupancy, Subscriber};
 use crate::channel_master::{HistoryPage, HistoryQuery, Publish};
 use crate::config::HistoryConfig;
+use crate::control::{ControlPlane, HomeEvent};
 use crate::error::AblyError;
 use crate::mesh::{Mesh, MeshView};
 use crate::node::now_ms;
@@ -37,6 +41,9 @@ pub type NodeId = String;
 /// How often the state machine retries what waits on others and expires what is old.
 const TICK_MS: u64 = 200;
 const HISTORY_TIMEOUT_MS: i64 = 10_000;
+/// Default for [`RegionState::set_home_touch_ms`]: well inside the global master's
+/// default idle expiry of a day.
+const DEFAULT_HOME_TOUCH_MS: i64 = 60 * 60 * 1000;
 
 pub type HistoryReply = oneshot::Sender<Result<HistoryPage, ErrorInfo>>;
 
@@ -50,6 +57,8 @@ struct HistoryRequest {
 
 pub struct RegionState {
     me: NodeId,
+    /// The region this node belongs to: it sequences only channels homed here.
+    region: String,
     replication: usize,
     limits: HistoryConfig,
     now_ms: i64,
@@ -67,14 +76,23 @@ pub struct RegionState {
     clients: HashMap<String, ClientSlot>,
     history: HashMap<u64, HistoryRequest>,
     next_req: u64,
+    /// Every channel home of this node's catalog copy.
+    homes: HashMap<String, HomeView>,
+    /// When each unknown home was last asked for.
+    home_asked: HashMap<String, i64>,
+    /// What to ask the global master, drained by the region task.
+    home_requests: Vec<HomeRequest>,
+    /// How often a master reports its channel in use, so its home does not expire.
+    home_touch_ms: i64,
     /// Messages to send, in order. Those addressed to this node are handled locally.
     pub out: Vec<(NodeId, ChannelMsg)>,
 }
 
 impl RegionState {
-    pub fn new(me: &str, replication: usize, limits: HistoryConfig) -> Self {
+    pub fn new(me: &str, region: &str, replication: usize, limits: HistoryConfig) -> Self {
         let mut state = Self {
             me: me.to_owned(),
+            region: region.to_owned(),
             replication: replication.max(1),
             limits,
             now_ms: now_ms(),
@@ -89,6 +107,10 @@ impl RegionState {
             clients: HashMap::new(),
             history: HashMap::new(),
             next_req: 1,
+            homes: HashMap::new(),
+            home_asked: HashMap::new(),
+            home_requests: Vec::new(),
+            home_touch_ms: DEFAULT_HOME_TOUCH_MS,
             out: Vec::new(),
         };
         state.set_view([me.to_owned()].into_iter().collect(), 1);
@@ -119,6 +141,11 @@ impl RegionState {
         self.settled = settled;
     }
 
+    /// How often masters keep their channels' homes from expiring.
+    pub fn set_home_touch_ms(&mut self, every_ms: i64) {
+        self.home_touch_ms = every_ms.max(TICK_MS as i64);
+    }
+
     pub fn set_clock(&mut self, now_ms: i64) {
         self.now_ms = now_ms;
     }
@@ -131,6 +158,7 @@ impl RegionState {
         self.reroute_clients();
         self.expire_publishes();
         self.retry_history();
+        self.touch_homes();
         self.sweep();
     }
 
@@ -155,6 +183,10 @@ impl RegionState {
             } => self.on_sequenced(from, &channel, after, position, frame),
             ChannelMsg::Published { req, result } => self.on_published(req, result),
             ChannelMsg::HistoryPage { req, result } => self.on_history_page(req, result),
+            ChannelMsg::HomedElsewhere { channel, region } => {
+                self.on_homed_elsewhere(from, &channel, &region);
+                self.fail_history(&channel, &region);
+            }
             ChannelMsg::NotMaster { channel } => {
                 self.on_not_master(from, &channel);
                 self.history
@@ -197,6 +229,22 @@ impl RegionState {
         };
         self.history.insert(req, request);
         self.retry_history();
+    }
+
+    /// Refuses the history reads of a channel homed in another region.
+    fn fail_history(&mut self, channel: &str, region: &str) {
+        let refused: Vec<u64> = (self.history.iter())
+            .filter(|(_, h)| h.channel == channel && h.sent)
+            .map(|(req, _)| *req)
+            .collect();
+        let error = AblyError::HomedElsewhere {
+            channel: crate::channels::public_name(channel).to_owned(),
+            region: region.to_owned(),
+        };
+        for req in refused {
+            let request = self.history.remove(&req).expect("listed");
+            let _ = request.reply.send(Err(error.to_info()));
+        }
     }
 
     fn retry_history(&mut self) {
@@ -355,17 +403,23 @@ pub struct Region {
 }
 
 impl Region {
-    /// Starts the region task. Without a mesh, the node is a region of one.
+    /// Starts the region task. Without a mesh, the node is a region of one. Channel
+    /// homes come from (and are asked of) the control plane.
     pub fn start(
-        me: &str,
-        replication: usize,
-        limits: HistoryConfig,
+        settings: RegionSettings,
+        control: Arc<ControlPlane>,
         mesh: Option<MeshLink>,
     ) -> Region {
         let (tx, rx) = mpsc::unbounded_channel();
-        let state = RegionState::new(me, replication, limits);
+        let mut state = RegionState::new(
+            &settings.node_id,
+            &settings.region,
+            settings.replication,
+            settings.limits,
+        );
+        state.set_home_touch_ms(settings.home_touch_ms);
         let (quorum_tx, quorum) = watch::channel(true);
-        tokio::spawn(run(state, rx, mesh, quorum_tx));
+        tokio::spawn(run(state, rx, mesh, control, quorum_tx));
         Region { tx, quorum }
     }
 
@@ -443,6 +497,15 @@ impl Region {
     }
 }
 
+/// What the region task is started with.
+pub struct RegionSettings {
+    pub node_id: String,
+    pub region: String,
+    pub replication: usize,
+    pub limits: HistoryConfig,
+    pub home_touch_ms: i64,
+}
+
 /// The region task's connection to the mesh.
 pub struct MeshLink {
     pub mesh: Mesh,
@@ -453,8 +516,12 @@ async fn run(
     mut state: RegionState,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mesh: Option<MeshLink>,
+    control: Arc<ControlPlane>,
     quorum: watch::Sender<bool>,
 ) {
+    let (homes, mut home_events) = control.follow_homes();
+    state.replace_homes(homes);
+
     let (mesh, mut inbound, mut views) = match mesh {
         Some(link) => {
             let views = link.mesh.watch();
@@ -484,10 +551,21 @@ async fn run(
                 apply_view(&mut state, &view);
                 quorum.send_if_modified(|q| std::mem::replace(q, state.has_quorum()) != *q);
             }
+            Some(event) = home_events.recv() => {
+                state.set_clock(now_ms());
+                match event {
+                    HomeEvent::Set(channel, home) => state.set_home(&channel, home),
+                    HomeEvent::Replace(homes) => state.replace_homes(homes),
+                }
+            }
             _ = ticker.tick() => {
                 state.set_clock(now_ms());
                 state.tick();
             }
+        }
+
+        for request in state.take_home_requests() {
+            tokio::spawn(ask_home(control.clone(), request));
         }
 
         for (to, msg) in state.drain() {
@@ -500,6 +578,18 @@ async fn run(
                 None => debug!(peer.id = %to, "no mesh; message dropped"),
             }
         }
+    }
+}
+
+/// Carries one home request to the global master. The answer reaches the state
+/// machine as a home event of the catalog copy; a failure is retried from a tick.
+async fn ask_home(control: Arc<ControlPlane>, request: HomeRequest) {
+    let result = match &request {
+        HomeRequest::Assign { channel } => control.home(channel).await.map(|_| ()),
+        HomeRequest::Touch { channel } => control.touch_home(channel).await,
+    };
+    if let Err(error) = result {
+        debug!(?request, "home request failed: {error}");
     }
 }
 

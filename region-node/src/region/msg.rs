@@ -59,6 +59,9 @@ pub enum ChannelMsg {
     },
     /// The receiver is not (yet) this channel's master in the sender's view; retry.
     NotMaster { channel: String },
+    /// Master → requester: the channel is homed in another region, so no node of this
+    /// region sequences it or serves its history.
+    HomedElsewhere { channel: String, region: String },
 
     /// Master → copy holder: the entries that follow position `after`, or the whole
     /// state when `snapshot` is set. A copy that does not hold `after` applies nothing

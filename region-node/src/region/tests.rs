@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tokio::sync::oneshot::{self, error::TryRecvError};
 
 use super::msg::ChannelMsg;
-use super::{NodeId, RegionState, TICK_MS};
+use super::{HomeRequest, HomeView, NodeId, RegionState, TICK_MS};
 use crate::channel_client::Subscriber;
 use crate::channel_master::{Entry, HistoryQuery, Publish};
 use crate::config::HistoryConfig;
@@ -24,6 +24,8 @@ use crate::protocol::{
 use crate::ring::{Ring, DEFAULT_VNODES};
 
 const START_MS: i64 = 1_000_000;
+/// The region every simulated node belongs to.
+const REGION: &str = "local";
 const REPLICATION: usize = 2;
 /// How long a local publish waits for a master before it is refused (mirrors
 /// `client::PUBLISH_TIMEOUT_MS`).
@@ -54,6 +56,11 @@ struct Sim {
     delivered: Vec<(NodeId, NodeId, ChannelMsg)>,
     /// Which node sequenced each (channel, epoch): never two.
     sequencers: BTreeMap<(String, Epoch), NodeId>,
+    /// The simulated global master's channel homes. An assignment reaches every
+    /// running node at once, as the catalog watch would.
+    homes: BTreeMap<String, HomeView>,
+    /// While set, home requests go unanswered (the global master has no quorum).
+    homes_unreachable: bool,
     trace: Vec<String>,
 }
 
@@ -68,10 +75,12 @@ impl Sim {
             now: START_MS,
             delivered: Vec::new(),
             sequencers: BTreeMap::new(),
+            homes: BTreeMap::new(),
+            homes_unreachable: false,
             trace: Vec::new(),
         };
         for name in names {
-            let mut state = RegionState::new(name, REPLICATION, HistoryConfig::default());
+            let mut state = RegionState::new(name, REGION, REPLICATION, HistoryConfig::default());
             state.set_clock(START_MS);
             sim.nodes.insert(name.to_string(), state);
         }
@@ -131,6 +140,48 @@ impl Sim {
                 "two nodes sequence {} under epoch {}",
                 key.0, key.1
             );
+        }
+        self.answer_home_requests(node);
+    }
+
+    /// The simulated global master answers `node`'s home requests: a channel without
+    /// a home is homed in the asker's region, under an epoch from the clock.
+    fn answer_home_requests(&mut self, node: &str) {
+        let Some(state) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let requests = state.take_home_requests();
+        if self.homes_unreachable {
+            return;
+        }
+        for request in requests {
+            // Touches only keep a home from expiring, and nothing expires here.
+            let HomeRequest::Assign { channel } = request else {
+                continue;
+            };
+            if self.homes.contains_key(&channel) {
+                continue;
+            }
+            let home = HomeView {
+                region: REGION.to_owned(),
+                epoch: self.now as u64,
+            };
+            self.set_home(&channel, home);
+        }
+    }
+
+    /// The global master records a home (an assignment or an operator's move), and
+    /// every running node's catalog copy follows.
+    fn set_home(&mut self, channel: &str, home: HomeView) {
+        self.note(format!(
+            "home of {channel}: {} epoch {}",
+            home.region, home.epoch
+        ));
+        self.homes.insert(channel.to_owned(), home.clone());
+        let names: Vec<NodeId> = self.nodes.keys().cloned().collect();
+        for name in names {
+            self.state(&name).set_home(channel, Some(home.clone()));
+            self.flush(&name);
         }
     }
 
@@ -625,6 +676,9 @@ fn describe(msg: &ChannelMsg) -> String {
             format!("Subscribe {channel} from {:?}", from.as_ref().map(short))
         }
         ChannelMsg::Unsubscribe { channel } => format!("Unsubscribe {channel}"),
+        ChannelMsg::HomedElsewhere { channel, region } => {
+            format!("HomedElsewhere {channel} in {region}")
+        }
         ChannelMsg::Publish {
             channel,
             req,
@@ -1404,4 +1458,137 @@ fn a_message_acked_during_a_partial_partition_is_kept_by_the_next_master() {
         seen_a.starts_with(&seen_c) || seen_c.starts_with(&seen_a),
         "subscribers diverged: a saw {seen_a:?}, c saw {seen_c:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Channel homes
+// ---------------------------------------------------------------------------------
+
+/// The Ably code a publish to a channel homed in an unreachable region gets.
+const HOMED_ELSEWHERE_CODE: i64 = 50001;
+
+#[test]
+fn a_takeover_waits_for_the_channel_home() {
+    let nodes = ["a", "b", "c"];
+    let ch = channel_owned_by(&nodes, &["b", "c"]);
+    let mut sim = Sim::region(&nodes);
+
+    sim.phase("the global master cannot answer: the first publish waits");
+    sim.homes_unreachable = true;
+    let mut ack = sim.publish("a", &ch, "pub", 1);
+    sim.run_for(3 * TICK_MS as i64);
+    assert!(ack.is_pending(), "sequenced without a home");
+    assert!(sim.is_acquiring("b", &ch), "b waits for the home");
+    assert_eq!(sim.master_epoch("b", &ch), None);
+
+    sim.phase("it answers again: the channel is homed here and the publish acknowledged");
+    sim.homes_unreachable = false;
+    sim.run_for(super::home::HOME_RETRY_MS + 2 * TICK_MS as i64);
+    let home = sim.homes.get(&ch).cloned().expect("a home was assigned");
+    assert_eq!(home.region, REGION);
+    assert!(ack.is_acked(), "not acknowledged once the home was known");
+    let epoch = ack.position().epoch;
+    assert!(
+        epoch >= home.epoch,
+        "position epoch {epoch} below home epoch {}",
+        home.epoch
+    );
+}
+
+#[test]
+fn a_channel_homed_in_another_region_is_never_sequenced_here() {
+    let nodes = ["a", "b", "c"];
+    let ch = channel_owned_by(&nodes, &["b", "c"]);
+    let mut sim = Sim::region(&nodes);
+
+    sim.phase("the channel's home is region far");
+    let far = HomeView {
+        region: "far".into(),
+        epoch: START_MS as u64,
+    };
+    sim.set_home(&ch, far);
+
+    sim.phase("a publish and an attach through a are refused, retriably");
+    let mut ack = sim.publish("a", &ch, "pub", 1);
+    let mut sub = sim.attach("a", &ch, "sub", Format::Json);
+    sim.settle();
+    let error = ack.error();
+    assert_eq!(error.code, HOMED_ELSEWHERE_CODE);
+    assert_eq!(error.status_code, 503);
+    let frames = sub.frames().to_vec();
+    assert_eq!(frames.len(), 1, "one frame: {frames:?}");
+    assert_eq!(frames[0].action, action::ERROR);
+    assert_eq!(
+        frames[0].error.as_ref().map(|e| e.code),
+        Some(HOMED_ELSEWHERE_CODE)
+    );
+    for node in nodes {
+        assert_eq!(sim.master_epoch(node, &ch), None, "{node} sequences it");
+    }
+    assert!(sim.sequencers.keys().all(|(channel, _)| *channel != ch));
+}
+
+#[test]
+fn a_master_steps_down_when_the_home_moves_away_and_resumes_above_it_when_it_returns() {
+    let nodes = ["a", "b", "c"];
+    let ch = channel_owned_by(&nodes, &["b", "c"]);
+    let mut sim = Sim::region(&nodes);
+
+    sim.phase("b masters the channel, homed here");
+    let mut sub = sim.attach("c", &ch, "sub", Format::Msgpack);
+    let mut first = sim.publish("a", &ch, "pub", 1);
+    sim.settle();
+    let before = first.position();
+
+    sim.phase("an operator moves the home to region far: b stops at once");
+    sim.now += 1_000;
+    let moved = HomeView {
+        region: "far".into(),
+        epoch: sim.now as u64,
+    };
+    sim.set_home(&ch, moved);
+    assert_eq!(
+        sim.master_epoch("b", &ch),
+        None,
+        "b still sequences a channel homed elsewhere"
+    );
+    let mut refused = sim.publish("a", &ch, "pub", 2);
+    sim.run_for(3 * TICK_MS as i64);
+    assert_eq!(refused.error().code, HOMED_ELSEWHERE_CODE);
+    let ended = sub.frames().last().cloned().expect("frames");
+    assert_eq!(ended.action, action::ERROR, "the subscriber is told");
+
+    sim.phase("the home comes back under a newer epoch: sequencing resumes above it");
+    sim.now += 1_000;
+    let back = HomeView {
+        region: REGION.into(),
+        epoch: sim.now as u64 + 5_000,
+    };
+    sim.set_home(&ch, back.clone());
+    let mut again = sim.publish("a", &ch, "pub", 3);
+    sim.run_for(3 * TICK_MS as i64);
+    let after = again.position();
+    assert!(after > before, "{after:?} not after {before:?}");
+    assert!(after.epoch >= back.epoch, "epoch below the home epoch");
+    let history = names(&sim.history("a", &ch));
+    assert_eq!(
+        history,
+        ["pub#1", "pub#3"],
+        "nothing lost, the refused one absent"
+    );
+}
+
+#[test]
+fn reading_history_never_assigns_a_home() {
+    let nodes = ["a", "b", "c"];
+    let ch = channel_owned_by(&nodes, &["b", "c"]);
+    let mut sim = Sim::region(&nodes);
+
+    assert!(sim.history("a", &ch).is_empty());
+    assert!(
+        sim.homes.is_empty(),
+        "history assigned a home: {:?}",
+        sim.homes
+    );
+    assert_eq!(sim.master_epoch("b", &ch), None);
 }
