@@ -45,7 +45,7 @@ enum Backend {
     Embedded(Embedded),
     Remote {
         /// Writes go one at a time through one client, which remembers the leader.
-        client: tokio::sync::Mutex<Client>,
+        client: Box<tokio::sync::Mutex<Client>>,
         members: Vec<String>,
         tls: TlsFiles,
     },
@@ -82,10 +82,10 @@ impl ControlPlane {
             Backend::Embedded(Embedded::start(&data.path("global-master")).await?)
         } else {
             Backend::Remote {
-                client: tokio::sync::Mutex::new(Client::new(
+                client: Box::new(tokio::sync::Mutex::new(Client::new(
                     config.global.members.clone(),
                     &tls_files(config)?,
-                )?),
+                )?)),
                 members: config.global.members.clone(),
                 tls: tls_files(config)?,
             }
