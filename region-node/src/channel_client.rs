@@ -51,6 +51,10 @@ impl ChannelClient {
             .retain(|s| &*s.outbox.connection_id != connection_id);
     }
 
+    pub fn subscribers(&self) -> &[Subscriber] {
+        &self.subscribers
+    }
+
     pub fn is_empty(&self) -> bool {
         self.subscribers.is_empty()
     }

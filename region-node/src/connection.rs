@@ -107,6 +107,10 @@ impl Connection {
         &self.identity
     }
 
+    pub fn outbox_id(&self) -> Arc<str> {
+        self.outbox.connection_id.clone()
+    }
+
     /// In-band AUTH with a new token: on success the connection carries on under the
     /// new token (same connectionId, fresh CONNECTED); channels the new capability
     /// no longer allows fail. A refused token ends the connection.
@@ -208,9 +212,11 @@ impl Connection {
             modes,
             echo,
         };
+        // A serial this cluster did not write cannot be continued: attach afresh.
+        let from = (pm.channel_serial.as_deref()).and_then(|serial| serial.parse().ok());
         self.node
             .region
-            .attach(&self.key(name), subscriber, attached);
+            .attach(&self.key(name), subscriber, attached, from);
         self.attached.insert(name.to_owned(), Attachment { modes });
         debug!(connection.id = %self.id(), channel.name = name, modes, "attaching");
         Ok(())

@@ -68,6 +68,14 @@ pub enum AblyError {
     Unsupported(&'static str),
     #[error("invalid connection key; a new connection was started")]
     InvalidConnectionKey,
+    #[error("unable to resume the connection: its state expired")]
+    ConnectionExpired,
+    #[error(
+        "messages were lost: the channel's history no longer reaches back to the resume point"
+    )]
+    ContinuityLost,
+    #[error("the connection continues on a newer transport")]
+    Superseded,
     #[error("channel {0:?} is not attached")]
     ChannelNotAttached(String),
     #[error("internal error: {0}")]
@@ -118,6 +126,9 @@ impl AblyError {
             SlowConsumer => (80003, 400),
             Unsupported(_) => (40000, 400),
             InvalidConnectionKey => (80018, 400),
+            ConnectionExpired => (80008, 400),
+            Superseded => (80003, 400),
+            ContinuityLost => (80008, 400),
             ChannelNotAttached(_) => (90001, 400),
             Internal(_) => (50000, 500),
             Timeout(_) => (50003, 503),

@@ -13,6 +13,7 @@ use crate::auth::{client_target, revoked};
 use crate::config::Config;
 use crate::connection_key::KeySigner;
 use crate::control::ControlPlane;
+use crate::error::AblyError;
 use crate::mesh::Mesh;
 use crate::outbox::Outbox;
 use crate::protocol::ErrorInfo;
@@ -58,6 +59,24 @@ impl Connections {
         self.live
             .write()
             .insert(outbox.connection_id.clone(), outbox);
+    }
+
+    /// Ends this node's transport of `connection_id`, if it still has one, because the
+    /// client continues the connection on a new transport; returns once it is gone
+    /// (bounded), so its clean-up cannot undo the new transport's attachments.
+    pub async fn supersede(&self, connection_id: &str) {
+        let old = self.live.read().get(connection_id).cloned();
+        let Some(old) = old else {
+            return;
+        };
+        old.disconnect(AblyError::Superseded.to_info());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.live.read().contains_key(connection_id) {
+            if tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     pub fn remove(&self, connection_id: &str) {

@@ -108,18 +108,63 @@ async fn serve(mut socket: WebSocket, query: Option<String>, node: Arc<Node>) {
         return;
     }
 
-    let connection_id: Arc<str> = random_string(12).into();
+    let (connection_id, lost) = continuity(&node, &params);
+    if lost.is_none() && (params.resume.is_some() || params.recover.is_some()) {
+        // The same client on a transport this node still holds: that one is over.
+        node.connections.supersede(&connection_id).await;
+    }
     let span = debug_span!("connection", connection.id = %connection_id, app.id = %identity.app.id);
-    run(socket, params, identity, connection_id, node)
+    run(socket, params, identity, (connection_id, lost), node)
         .instrument(span)
         .await;
+}
+
+/// The connection id a new transport continues, and why continuity was lost when it
+/// was. A resume or recover key names its connection and proves it was issued by this
+/// cluster, so any node of the region continues it without asking the node that
+/// issued it (which may be dead): what was already applied is known to the channel
+/// masters by message id, and what was missed they replay from channel serials.
+fn continuity(node: &Node, params: &ConnectParams) -> (Arc<str>, Option<ErrorInfo>) {
+    let fresh = || -> Arc<str> { random_string(12).into() };
+    let Some(text) = params.resume.as_ref().or(params.recover.as_ref()) else {
+        return (fresh(), None);
+    };
+    let key = match node.keys.verify(text) {
+        Ok(key) => key,
+        Err(error) => {
+            debug!("connection key refused: {error}");
+            return (fresh(), Some(AblyError::InvalidConnectionKey.to_info()));
+        }
+    };
+    // TODO: continue connections from other regions once bridges carry their
+    // channels; until then their state is out of reach and they start afresh.
+    if key.region != node.config.node.region {
+        return (fresh(), Some(AblyError::InvalidConnectionKey.to_info()));
+    }
+    let age = now_ms() - key.issued_ms as i64;
+    if age > resume_window_ms(node) {
+        return (fresh(), Some(AblyError::ConnectionExpired.to_info()));
+    }
+    (key.connection_id.into(), None)
+}
+
+/// How old a connection key may be when it is presented. Keys are renewed every
+/// quarter of the state TTL while the connection lives (see `pump`), so a key's age
+/// is the time since the connection was last seen, give or take one renewal.
+fn resume_window_ms(node: &Node) -> i64 {
+    let ttl = node.config.connection.state_ttl_ms;
+    i64::try_from(ttl + key_renewal(node).as_millis() as u64).unwrap_or(i64::MAX)
+}
+
+fn key_renewal(node: &Node) -> Duration {
+    Duration::from_millis((node.config.connection.state_ttl_ms / 4).max(1_000))
 }
 
 async fn run(
     mut socket: WebSocket,
     params: ConnectParams,
     identity: Identity,
-    connection_id: Arc<str>,
+    (connection_id, lost): (Arc<str>, Option<ErrorInfo>),
     node: Arc<Node>,
 ) {
     let (outbox, inbox) = outbox::channel(
@@ -128,7 +173,7 @@ async fn run(
         params.format,
         node.config.limits.max_connection_queue_bytes,
     );
-    let connected = connected_frame(&node, &connection_id, &identity, continuity_lost(&params));
+    let connected = connected_frame(&node, &connection_id, &identity, lost);
     let holder = identity.token_holder();
     let mut connection = Connection::new(node.clone(), identity, outbox.clone(), params.echo);
 
@@ -168,8 +213,22 @@ async fn pump(
     let expiry = tokio::time::sleep_until(token_deadline(expires_ms));
     tokio::pin!(expiry);
 
+    // A fresh connection key now and then (an unsolicited CONNECTED, which clients
+    // take as a details update), so a key's age tells how long ago the connection
+    // was last alive, on whichever node it is presented.
+    let renewal = key_renewal(node);
+    let mut renew_key = tokio::time::interval_at(Instant::now() + renewal, renewal);
+    renew_key.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
     loop {
         tokio::select! {
+            _ = renew_key.tick() => {
+                let id = connection.outbox_id();
+                let update = connected_frame(node, &id, connection.identity(), None);
+                if send(socket, &update, params.format).await.is_err() {
+                    return;
+                }
+            }
             () = &mut expiry, if expires_ms.is_some() => {
                 debug!("token expired");
                 let expired = AblyError::TokenExpired.to_info();
@@ -395,13 +454,6 @@ fn authenticate(node: &Node, params: &ConnectParams) -> Result<Identity, AblyErr
         (None, Some(token)) => auth::token_identity(node, token, client_id),
         (None, None) => Err(AblyError::NoCredentials),
     }
-}
-
-/// Connection state is not kept across transports yet, so a resume or recover
-/// always starts afresh, and the client is told so rather than left guessing.
-fn continuity_lost(params: &ConnectParams) -> Option<ErrorInfo> {
-    (params.resume.is_some() || params.recover.is_some())
-        .then(|| AblyError::InvalidConnectionKey.to_info())
 }
 
 /// CONNECTED for connection `id`: on connect, and again after an in-band AUTH.

@@ -126,6 +126,11 @@ impl Client {
         Ok(client)
     }
 
+    /// Continues msgSerial numbering from `next` (a resumed connection keeps it).
+    pub fn set_next_msg_serial(&mut self, next: i64) {
+        self.next_msg_serial = next;
+    }
+
     pub fn format(&self) -> Format {
         self.format
     }

@@ -16,7 +16,7 @@ use crate::channel_master::{Entry, Publish};
 use crate::channels::public_name;
 use crate::error::AblyError;
 use crate::position::Position;
-use crate::protocol::{action, codec, ErrorInfo, ProtocolMessage};
+use crate::protocol::{action, codec, flags, ErrorInfo, ProtocolMessage};
 
 pub type PublishReply = oneshot::Sender<Result<Vec<Option<String>>, ErrorInfo>>;
 
@@ -41,10 +41,18 @@ pub(super) struct ClientSlot {
     pub subscribe_sent_ms: Option<i64>,
     /// The last position delivered to local connections.
     pub last: Option<Position>,
-    /// Attachments waiting for the subscription, with their ATTACHED frame.
-    pub waiting: Vec<(Subscriber, ProtocolMessage)>,
+    /// Attachments waiting for the subscription.
+    pub waiting: Vec<Waiting>,
     /// Publishes not yet answered, by request id (so in the order they were made).
     pub inflight: BTreeMap<u64, Inflight>,
+}
+
+/// An attachment waiting for the subscription, with its ATTACHED frame and, for a
+/// resume, the channel serial it continues from.
+pub(super) struct Waiting {
+    pub subscriber: Subscriber,
+    pub attached: ProtocolMessage,
+    pub from: Option<Position>,
 }
 
 pub(super) struct Inflight {
@@ -57,16 +65,37 @@ pub(super) struct Inflight {
 
 impl RegionState {
     /// A local connection attaches. Its ATTACHED frame goes out through its own queue
-    /// once the subscription stands, so it always precedes the channel's messages.
-    pub fn attach(&mut self, channel: &str, subscriber: Subscriber, attached: ProtocolMessage) {
+    /// once the subscription stands, so it always precedes the channel's messages. An
+    /// attachment that resumes `from` a channel serial gets ATTACHED with RESUMED and
+    /// then exactly what it missed; unless it is where this node already is, that
+    /// takes a fresh subscription from the earliest position asked for.
+    pub fn attach(
+        &mut self,
+        channel: &str,
+        subscriber: Subscriber,
+        attached: ProtocolMessage,
+        from: Option<Position>,
+    ) {
         let slot = self.client_slot(channel);
         slot.wants_frames = true;
         if slot.subscribed {
             let position = slot.last.unwrap_or_default();
-            admit(slot, subscriber, attached, position);
-            return;
+            match from {
+                None => return admit(slot, subscriber, attached, position, Resume::No),
+                Some(from) if from == position => {
+                    return admit(slot, subscriber, attached, position, Resume::Kept);
+                }
+                Some(_) => {
+                    slot.subscribed = false;
+                    slot.subscribe_sent_ms = None;
+                }
+            }
         }
-        slot.waiting.push((subscriber, attached));
+        slot.waiting.push(Waiting {
+            subscriber,
+            attached,
+            from,
+        });
         self.follow(channel);
     }
 
@@ -76,7 +105,7 @@ impl RegionState {
         };
         slot.local.detach(connection_id);
         slot.waiting
-            .retain(|(s, _)| &*s.outbox.connection_id != connection_id);
+            .retain(|w| &*w.subscriber.outbox.connection_id != connection_id);
         self.drop_client_if_idle(channel);
     }
 
@@ -123,7 +152,7 @@ impl RegionState {
             slot.subscribe_sent_ms = Some(now);
             sends.push(ChannelMsg::Subscribe {
                 channel: channel.to_owned(),
-                from: slot.last,
+                from: slot.subscribe_from(),
             });
         }
         for (req, inflight) in slot.inflight.iter_mut().filter(|(_, i)| overdue(i.sent_ms)) {
@@ -155,16 +184,34 @@ impl RegionState {
             return;
         }
         if lost {
-            // TODO: tell attached connections of the gap (re-attach without RESUMED,
-            // with an error) once connection continuity is built; today they just
-            // continue from the master's position.
             debug!(
                 channel.name = channel,
                 "history no longer covers what this node missed"
             );
         }
+        let error = lost.then(|| AblyError::ContinuityLost.to_info());
+        let name = public_name(channel);
+
+        // Resuming attachments get what they missed first, on their own, so nothing
+        // reaches them twice; then the node's other attachments catch up.
+        let waiting = std::mem::take(&mut slot.waiting);
+        let mut admitted = Vec::new();
+        for waiting in waiting {
+            let resume = match (waiting.from, &error) {
+                (None, _) => Resume::No,
+                (Some(_), Some(error)) => Resume::Lost(error.clone()),
+                (Some(from), None) => {
+                    replay(&waiting, name, &missed, from);
+                    Resume::Replayed
+                }
+            };
+            admitted.push((waiting, resume));
+        }
+        if let Some(error) = &error {
+            tell_of_gap(slot, name, position, error);
+        }
         for entry in missed {
-            deliver_entry(slot, public_name(channel), entry);
+            deliver_entry(slot, name, entry);
         }
         if slot.last.is_none_or(|last| last < position) {
             slot.last = Some(position);
@@ -173,8 +220,8 @@ impl RegionState {
         slot.subscribe_sent_ms = None;
 
         let position = slot.last.unwrap_or_default();
-        for (subscriber, attached) in std::mem::take(&mut slot.waiting) {
-            admit(slot, subscriber, attached, position);
+        for (waiting, resume) in admitted {
+            admit(slot, waiting.subscriber, waiting.attached, position, resume);
         }
     }
 
@@ -265,9 +312,9 @@ impl RegionState {
             error: Some(error),
             ..ProtocolMessage::for_channel(action::ERROR, public_name(channel))
         };
-        for (subscriber, _) in std::mem::take(&mut slot.waiting) {
-            let frame = codec::encode(&failed, subscriber.outbox.format);
-            subscriber.outbox.send_frame(frame);
+        for waiting in std::mem::take(&mut slot.waiting) {
+            let outbox = &waiting.subscriber.outbox;
+            outbox.send_frame(codec::encode(&failed, outbox.format));
         }
         slot.local.fail_all(&failed);
         slot.master = None;
@@ -340,18 +387,86 @@ impl RegionState {
     }
 }
 
+impl ClientSlot {
+    /// Where a (re)subscription starts: the last position delivered here, or earlier
+    /// when a resuming attachment continues from further back.
+    fn subscribe_from(&self) -> Option<Position> {
+        let resumes = self.waiting.iter().filter_map(|w| w.from);
+        match (self.last, resumes.min()) {
+            (Some(last), Some(from)) => Some(last.min(from)),
+            (last, from) => last.or(from),
+        }
+    }
+}
+
+/// How an attachment continues what its connection had before.
+enum Resume {
+    /// A first attach, or a re-attach that asked for nothing.
+    No,
+    /// Resumed where this node already is: nothing was missed.
+    Kept,
+    /// Resumed from further back; ATTACHED and what it missed went out already.
+    Replayed,
+    /// Asked to resume, but what it missed is no longer retained.
+    Lost(ErrorInfo),
+}
+
 /// Lets an attachment in: its ATTACHED frame first, then it receives frames.
 fn admit(
     slot: &mut ClientSlot,
     subscriber: Subscriber,
     mut attached: ProtocolMessage,
     position: Position,
+    resume: Resume,
 ) {
     attached.channel_serial = Some(position.to_string());
+    match resume {
+        Resume::No => {}
+        Resume::Kept => attached.flags = Some(attached.flags.unwrap_or(0) | flags::RESUMED),
+        // The replay went out already, each message with its serial; this ATTACHED
+        // went first (see `replay`), so only live frames follow now.
+        Resume::Replayed => return slot.local.attach(subscriber),
+        Resume::Lost(error) => attached.error = Some(error),
+    }
     subscriber
         .outbox
         .send_frame(codec::encode(&attached, subscriber.outbox.format));
     slot.local.attach(subscriber);
+}
+
+/// ATTACHED with RESUMED at the serial the attachment continues from, then each
+/// committed message after it, to this attachment alone.
+fn replay(waiting: &Waiting, channel: &str, missed: &[Entry], from: Position) {
+    let outbox = &waiting.subscriber.outbox;
+    let mut attached = waiting.attached.clone();
+    attached.channel_serial = Some(from.to_string());
+    attached.flags = Some(attached.flags.unwrap_or(0) | flags::RESUMED);
+    outbox.send_frame(codec::encode(&attached, outbox.format));
+
+    let sub = &waiting.subscriber;
+    for entry in missed.iter().filter(|e| e.position > from) {
+        let own = entry.message.connection_id.as_deref() == Some(&*sub.outbox.connection_id);
+        if sub.modes & flags::SUBSCRIBE == 0 || (own && !sub.echo) {
+            continue;
+        }
+        let frame = entry_frame(channel, entry.clone());
+        outbox.send_frame(codec::encode(&frame, outbox.format));
+    }
+}
+
+/// Tells every local attachment that messages were lost: ATTACHED again, without
+/// RESUMED and with the error, which clients take as a discontinuity.
+fn tell_of_gap(slot: &ClientSlot, channel: &str, position: Position, error: &ErrorInfo) {
+    for sub in slot.local.subscribers() {
+        let frame = ProtocolMessage {
+            flags: Some(sub.modes),
+            channel_serial: Some(position.to_string()),
+            error: Some(error.clone()),
+            ..ProtocolMessage::for_channel(action::ATTACHED, channel)
+        };
+        sub.outbox
+            .send_frame(codec::encode(&frame, sub.outbox.format));
+    }
 }
 
 /// Delivers one replayed history entry as its own MESSAGE frame.
@@ -360,12 +475,16 @@ fn deliver_entry(slot: &mut ClientSlot, channel: &str, entry: Entry) {
         return;
     }
     slot.last = Some(entry.position);
-    let frame = ProtocolMessage {
+    slot.local.deliver(&entry_frame(channel, entry));
+}
+
+/// A history entry as its own MESSAGE frame.
+fn entry_frame(channel: &str, entry: Entry) -> ProtocolMessage {
+    ProtocolMessage {
         channel_serial: Some(entry.position.to_string()),
         connection_id: entry.message.connection_id.clone(),
         timestamp: entry.message.timestamp,
         messages: Some(vec![entry.message]),
         ..ProtocolMessage::for_channel(action::MESSAGE, channel)
-    };
-    slot.local.deliver(&frame);
+    }
 }

@@ -33,6 +33,7 @@ use crate::control::{ControlPlane, HomeEvent};
 use crate::error::AblyError;
 use crate::mesh::{Mesh, MeshView};
 use crate::node::now_ms;
+use crate::position::Position;
 use crate::protocol::{ErrorInfo, ProtocolMessage};
 use crate::ring::{Ring, DEFAULT_VNODES};
 
@@ -347,6 +348,8 @@ pub enum Command {
         channel: String,
         subscriber: Subscriber,
         attached: ProtocolMessage,
+        /// The channel serial a resuming attachment continues from.
+        from: Option<Position>,
     },
     Detach {
         channel: String,
@@ -428,11 +431,18 @@ impl Region {
         self.quorum.clone()
     }
 
-    pub fn attach(&self, channel: &str, subscriber: Subscriber, attached: ProtocolMessage) {
+    pub fn attach(
+        &self,
+        channel: &str,
+        subscriber: Subscriber,
+        attached: ProtocolMessage,
+        from: Option<Position>,
+    ) {
         let _ = self.tx.send(Command::Attach {
             channel: channel.to_owned(),
             subscriber,
             attached,
+            from,
         });
     }
 
@@ -629,7 +639,8 @@ fn handle_command(state: &mut RegionState, command: Command) {
             channel,
             subscriber,
             attached,
-        } => state.attach(&channel, subscriber, attached),
+            from,
+        } => state.attach(&channel, subscriber, attached, from),
         Command::Detach {
             channel,
             connection_id,

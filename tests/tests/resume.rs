@@ -1,0 +1,174 @@
+//! Connection continuity on one node over raw WebSocket: a dropped transport resumes
+//! with its connection key, keeps its connectionId, gets RESUMED on re-attach and then
+//! exactly the messages it missed; a resent publish is applied once. Keys that are
+//! forged or too old start a new connection with the protocol's error codes.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use starling_tests::client::encode_component;
+use starling_tests::{Client, Format, Node, NodeOptions};
+
+/// ATTACHED's RESUMED flag (protocol.md §3.4).
+const RESUMED: i64 = 1 << 2;
+
+/// A short connection state TTL, so expiry can be tested: keys are renewed every
+/// quarter of it and accepted up to TTL plus one renewal (here 2 s + 1 s).
+const SHORT_TTL: &str = "[connection]\nstate_ttl_ms = 2000\n";
+
+fn connection_key(client: &Client) -> Result<String> {
+    let key = client.connected()["connectionDetails"]["connectionKey"].as_str();
+    Ok(key
+        .context("CONNECTED carries a connection key")?
+        .to_owned())
+}
+
+async fn resume(node: &Node, key: &str, format: Format) -> Result<Client> {
+    let query = format!("resume={}", encode_component(key));
+    Client::connect(node, &query, format).await
+}
+
+fn names(messages: &[Value]) -> Vec<String> {
+    let name = |m: &Value| m["name"].as_str().unwrap_or_default().to_owned();
+    messages.iter().map(name).collect()
+}
+
+#[tokio::test]
+async fn a_resumed_connection_keeps_its_id_and_gets_exactly_what_it_missed() -> Result<()> {
+    for format in [Format::Json, Format::Msgpack] {
+        resume_gets_the_missed_messages(format).await?;
+    }
+    Ok(())
+}
+
+async fn resume_gets_the_missed_messages(format: Format) -> Result<()> {
+    let node = Node::start().await?;
+    let mut publisher = Client::connect(&node, "", Format::Msgpack).await?;
+    let mut subscriber = Client::connect(&node, "", format).await?;
+    let id = subscriber.connection_id().to_owned();
+    let key = connection_key(&subscriber)?;
+    subscriber.attach("resumable").await?;
+
+    eprintln!("phase: the subscriber sees m0, then its transport drops");
+    publisher
+        .publish_acked("resumable", json!([{"name": "m0"}]))
+        .await?;
+    let first = subscriber.next_message("resumable").await?;
+    let serial = first["channelSerial"]
+        .as_str()
+        .context("channelSerial")?
+        .to_owned();
+    drop(subscriber);
+
+    for n in 1..=50 {
+        publisher
+            .publish_acked("resumable", json!([{ "name": format!("m{n}") }]))
+            .await?;
+    }
+
+    eprintln!("phase: it resumes: same connectionId, no error");
+    let mut resumed = resume(&node, &key, format).await?;
+    ensure!(
+        resumed.connection_id() == id,
+        "a new connectionId after resume"
+    );
+    ensure!(
+        resumed.connected().get("error").is_none_or(Value::is_null),
+        "resume reported an error: {}",
+        resumed.connected()
+    );
+
+    eprintln!("phase: re-attach with its channelSerial: RESUMED, then m1..m50 once, in order");
+    let attached = resumed
+        .attach_with("resumable", json!({ "channelSerial": serial }))
+        .await?;
+    let flags = attached["flags"].as_i64().unwrap_or(0);
+    ensure!(flags & RESUMED != 0, "ATTACHED without RESUMED: {attached}");
+    let missed = resumed.collect_messages("resumable", 50).await?;
+    let wanted: Vec<String> = (1..=50).map(|n| format!("m{n}")).collect();
+    ensure!(names(&missed) == wanted, "replayed {:?}", names(&missed));
+
+    publisher
+        .publish_acked("resumable", json!([{"name": "live"}]))
+        .await?;
+    let live = resumed.next_message("resumable").await?;
+    ensure!(
+        live["messages"][0]["name"] == "live",
+        "after the replay, live traffic: {live}"
+    );
+    node.assert_running()
+}
+
+#[tokio::test]
+async fn a_publish_resent_after_resume_is_applied_once_with_its_first_serial() -> Result<()> {
+    let node = Node::start().await?;
+    let mut watcher = Client::connect(&node, "", Format::Json).await?;
+    watcher.attach("once").await?;
+
+    let mut client = Client::connect(&node, "", Format::Msgpack).await?;
+    let key = connection_key(&client)?;
+    let first = client.publish_acked("once", json!([{"name": "p"}])).await?;
+    drop(client);
+
+    // The ACK was lost with the transport, so the client sends msgSerial 0 again.
+    let mut resumed = resume(&node, &key, Format::Msgpack).await?;
+    resumed.set_next_msg_serial(0);
+    let again = resumed
+        .publish_acked("once", json!([{"name": "p"}]))
+        .await?;
+    ensure!(
+        again["res"] == first["res"],
+        "the resend got other serials: {again} vs {first}"
+    );
+    resumed
+        .publish_acked("once", json!([{"name": "after"}]))
+        .await?;
+
+    let seen = watcher.collect_messages("once", 2).await?;
+    ensure!(
+        names(&seen) == ["p", "after"],
+        "delivered {:?}",
+        names(&seen)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn forged_and_expired_keys_start_a_new_connection_with_80018_and_80008() -> Result<()> {
+    let node = Node::start_with(NodeOptions::default().config(SHORT_TTL)).await?;
+    let client = Client::connect(&node, "", Format::Json).await?;
+    let id = client.connection_id().to_owned();
+    let key = connection_key(&client)?;
+    drop(client);
+
+    eprintln!("phase: a key with its mac tampered with");
+    let (body, mac) = key.rsplit_once('.').context("key shape")?;
+    let flipped = if mac.starts_with('A') { "B" } else { "A" };
+    let forged = format!("{body}.{flipped}{}", &mac[1..]);
+    let refused = resume(&node, &forged, Format::Json).await?;
+    ensure!(
+        refused.connection_id() != id,
+        "a forged key resumed the connection"
+    );
+    ensure!(
+        refused.connected()["error"]["code"] == 80018,
+        "forged key: {}",
+        refused.connected()
+    );
+
+    eprintln!("phase: the genuine key, once the state TTL has passed");
+    let expired_at = tokio::time::Instant::now() + Duration::from_millis(3_500);
+    tokio::time::sleep_until(expired_at).await;
+    let late = resume(&node, &key, Format::Json).await?;
+    ensure!(
+        late.connection_id() != id,
+        "an expired key resumed the connection"
+    );
+    ensure!(
+        late.connected()["error"]["code"] == 80008,
+        "expired key: {}",
+        late.connected()
+    );
+    Ok(())
+}
