@@ -210,11 +210,11 @@ impl ChannelMaster {
         let quiet = self
             .history
             .back()
-            .is_none_or(|s| now_ms - s.message.timestamp.unwrap_or(0) > max_age);
+            .is_none_or(|s| now_ms.saturating_sub(s.message.timestamp.unwrap_or(0)) > max_age);
         let forgotten = self
             .seen_order
             .back()
-            .is_none_or(|(at, _)| now_ms - at > window);
+            .is_none_or(|(at, _)| now_ms.saturating_sub(*at) > window);
         quiet && forgotten
     }
 
@@ -271,7 +271,8 @@ impl ChannelMaster {
         let max_age = self.limits.max_age_ms as i64;
         while let Some(oldest) = self.history.front() {
             let len = self.history.len();
-            let too_old = now_ms - oldest.message.timestamp.unwrap_or(now_ms) > max_age
+            let too_old = now_ms.saturating_sub(oldest.message.timestamp.unwrap_or(now_ms))
+                > max_age
                 && len > self.limits.min_messages;
             let too_many = len > self.limits.max_messages;
             let too_big = self.history_bytes > self.limits.max_bytes && len > 1;
@@ -285,7 +286,9 @@ impl ChannelMaster {
 
         let window = self.limits.dedup_window_ms as i64;
         while let Some((at, _)) = self.seen_order.front() {
-            if now_ms - at <= window && self.seen_order.len() <= self.limits.dedup_max_ids {
+            if now_ms.saturating_sub(*at) <= window
+                && self.seen_order.len() <= self.limits.dedup_max_ids
+            {
                 break;
             }
             let (_, id) = self.seen_order.pop_front().expect("front exists");

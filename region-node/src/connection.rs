@@ -347,6 +347,9 @@ pub fn prepare_messages(
             // The connection's identity is stamped by the master; a client may not forge it.
             m.connection_id = None;
             m.serial = None;
+            // So is what kind of message it is (a create; updates and deletes are not
+            // served), which ably-js would otherwise act on.
+            m.action = None;
 
             total += m.size();
             if total > max_size {

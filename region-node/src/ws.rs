@@ -141,7 +141,7 @@ fn continuity(node: &Node, params: &ConnectParams) -> (Arc<str>, Option<ErrorInf
     if key.region != node.config.node.region {
         return (fresh(), Some(AblyError::InvalidConnectionKey.to_info()));
     }
-    let age = now_ms() - key.issued_ms as i64;
+    let age = now_ms().saturating_sub(i64::try_from(key.issued_ms).unwrap_or(i64::MAX));
     if age > resume_window_ms(node) {
         return (fresh(), Some(AblyError::ConnectionExpired.to_info()));
     }

@@ -75,7 +75,8 @@ impl TokenRequest {
             .as_ref()
             .and_then(number)
             .ok_or(AblyError::TimestampOutsideWindow)?;
-        if (timestamp - now_ms).abs() > TIMESTAMP_WINDOW_MS {
+        // abs_diff: a hostile timestamp (i64::MIN) must not overflow.
+        if timestamp.abs_diff(now_ms) > TIMESTAMP_WINDOW_MS.unsigned_abs() {
             return Err(AblyError::TimestampOutsideWindow);
         }
         Ok(timestamp)
