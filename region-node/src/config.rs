@@ -27,7 +27,37 @@ pub struct Config {
     pub history: HistoryConfig,
     pub log: LogConfig,
     pub global: GlobalConfig,
+    pub bridge: BridgeConfig,
     pub apps: Vec<AppConfig>,
+}
+
+/// Links to other regions (see `bridge`): where this node accepts them, and how long
+/// publishes for a remote home are held while its link is down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// gRPC address other regions' nodes dial (mutual TLS with `[tls]`). Unset: the
+    /// node neither accepts nor dials bridges, and channels homed in other regions
+    /// are refused (50001).
+    pub listen: Option<SocketAddr>,
+    /// Publishes held per channel while its home region is unreachable; more are
+    /// refused at once.
+    pub max_held: usize,
+    /// How long a held publish waits for the link before it is refused.
+    pub hold_ms: u64,
+    /// Pause between attempts to reach a region whose link failed.
+    pub retry_ms: u64,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_held: 1_000,
+            hold_ms: 10_000,
+            retry_ms: 500,
+        }
+    }
 }
 
 /// Where the node's control plane (apps, and later channel homes) lives.
