@@ -168,6 +168,7 @@ async fn a_bridge_link_carries_frames_both_ways() {
         app_id: "app".to_owned(),
         channel: "rooms:1".to_owned(),
         messages: publishes.to_vec(),
+        connection_id: "conn".to_owned(),
     };
     tx.send(frame(3, Body::Forward(forward))).await.unwrap();
 

@@ -66,6 +66,9 @@ pub struct ControlPlane {
     homes: Mutex<Option<mpsc::UnboundedSender<HomeEvent>>>,
     /// This node's region: where channels first used here are homed.
     region: String,
+    /// The region's bridge addresses as this node knows them (its own and its live
+    /// peers'), registered whenever they differ from what the catalog holds.
+    bridges: Mutex<Vec<String>>,
     timeout: Duration,
 }
 
@@ -99,6 +102,7 @@ impl ControlPlane {
             loaded: watch::channel(false).0,
             homes: Mutex::new(None),
             region: config.node.region.clone(),
+            bridges: Mutex::new(Vec::new()),
             timeout: Duration::from_millis(config.global.request_timeout_ms),
         });
 
@@ -123,18 +127,26 @@ impl ControlPlane {
             let mut ticker = tokio::time::interval(period);
             loop {
                 ticker.tick().await;
-                let known = self.catalog.lock().region(&region).map(|r| r.lost);
-                let command = match known {
+                let known = self.catalog.lock().region(&region).cloned();
+                let bridges = self.bridges.lock().clone();
+                let command = match known.map(|r| (r.lost, r.bridges)) {
                     None => Command::RegisterRegion {
                         name: region.clone(),
-                        bridges: Vec::new(),
+                        bridges,
                         now_ms: now_ms() as u64,
                     },
-                    Some(false) => Command::RegionHeartbeat {
+                    Some((false, registered)) if registered != bridges && !bridges.is_empty() => {
+                        Command::RegisterRegion {
+                            name: region.clone(),
+                            bridges,
+                            now_ms: now_ms() as u64,
+                        }
+                    }
+                    Some((false, _)) => Command::RegionHeartbeat {
                         name: region.clone(),
                         now_ms: now_ms() as u64,
                     },
-                    Some(true) => {
+                    Some((true, _)) => {
                         warn!(region = %region, "this region is declared lost; not reporting it alive");
                         continue;
                     }
@@ -194,6 +206,26 @@ impl ControlPlane {
             now_ms: now_ms() as u64,
         };
         self.write(command).await.map(|_| ())
+    }
+
+    /// The bridge addresses this node's region should be reached at; registered by
+    /// the next heartbeat if the catalog holds others.
+    pub fn set_bridges(&self, addrs: Vec<String>) {
+        *self.bridges.lock() = addrs;
+    }
+
+    /// The channel's home as this node's catalog copy shows it.
+    pub fn known_home(&self, channel: &str) -> Option<HomeView> {
+        self.catalog.lock().home(channel).map(home_view)
+    }
+
+    /// Where the nodes of `region` accept bridges, as it last registered.
+    pub fn bridges_of(&self, region: &str) -> Vec<String> {
+        let catalog = self.catalog.lock();
+        catalog
+            .region(region)
+            .map(|r| r.bridges.clone())
+            .unwrap_or_default()
     }
 
     /// Every home of the catalog copy now, and from then on each change to them, with

@@ -36,6 +36,8 @@ pub enum AblyError {
     AdminUnauthorized,
     #[error("channel {channel:?} is homed in region {region}, which this region cannot reach yet")]
     HomedElsewhere { channel: String, region: String },
+    #[error("the channel's home region {0} cannot be reached")]
+    HomeUnreachable(String),
     #[error("credentials are incompatible: {0}")]
     IncompatibleCredentials(String),
     #[error("token request timestamp is outside the allowed window")]
@@ -111,6 +113,7 @@ impl AblyError {
             IncompatibleCredentials(_) => (40102, 401),
             // Retriable (5xx): the home may move here, or bridges may come up.
             HomedElsewhere { .. } => (50001, 503),
+            HomeUnreachable(_) => (50003, 503),
             TimestampOutsideWindow => (40104, 401),
             NonceReplayed => (40105, 401),
             TokenRevoked => (40141, 401),

@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod auth;
+pub mod bridge;
 pub mod capability;
 pub mod channel_client;
 pub mod channel_master;

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::apps::AppRegistry;
+use crate::bridge::{DialSettings, Dialer};
 use crate::config::Config;
 use crate::connection_key::KeySigner;
 use crate::control::ControlPlane;
@@ -22,8 +23,9 @@ use crate::data_dir::DataDir;
 use crate::error::AblyError;
 use crate::mesh::{MemberInfo, Mesh, MeshSettings};
 use crate::node::{now_ms, Connections, Node};
-use crate::region::{MeshLink, Region, RegionSettings};
+use crate::region::{BridgeLink, MeshLink, Region, RegionSettings};
 use crate::{describe, health, rest, ws};
+use starling_proto::tls::TlsFiles;
 
 /// How long draining waits for clients to be told to go.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -33,7 +35,11 @@ const STATS_PERIOD: Duration = Duration::from_secs(5);
 
 /// Builds the node's state from configuration and its data directory, joining the
 /// region mesh when one is configured.
-pub async fn build_node(config: Config, client_addr: SocketAddr) -> anyhow::Result<Arc<Node>> {
+pub async fn build_node(
+    config: Config,
+    client_addr: SocketAddr,
+    bridge_addr: Option<SocketAddr>,
+) -> anyhow::Result<Arc<Node>> {
     let data = DataDir::open(&config.node.data_dir)
         .with_context(|| format!("opening data directory {}", config.node.data_dir.display()))?;
     let secrets = data.secrets().context("reading node secrets")?;
@@ -43,7 +49,7 @@ pub async fn build_node(config: Config, client_addr: SocketAddr) -> anyhow::Resu
         .await
         .context("starting the control plane")?;
 
-    let (mesh, link) = match start_mesh(&config, client_addr).await? {
+    let (mesh, link) = match start_mesh(&config, client_addr, bridge_addr).await? {
         Some((mesh, inbound)) => (Some(mesh.clone()), Some(MeshLink { mesh, inbound })),
         None => (None, None),
     };
@@ -54,7 +60,8 @@ pub async fn build_node(config: Config, client_addr: SocketAddr) -> anyhow::Resu
         limits: config.history.clone(),
         home_touch_ms: i64::try_from(config.global.home_touch_ms).unwrap_or(i64::MAX),
     };
-    let region = Region::start(settings, control.clone(), link);
+    let bridges = bridge_link(&config, &control, bridge_addr)?;
+    let region = Region::start(settings, control.clone(), link, bridges);
 
     let cluster_secret = config
         .node
@@ -77,9 +84,73 @@ pub async fn build_node(config: Config, client_addr: SocketAddr) -> anyhow::Resu
 
 type Inbound = tokio::sync::mpsc::UnboundedReceiver<(String, crate::region::msg::ChannelMsg)>;
 
+/// The dialing side of this node's bridges, when it has a bridge listener.
+fn bridge_link(
+    config: &Config,
+    control: &Arc<ControlPlane>,
+    bridge_addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<BridgeLink>> {
+    if bridge_addr.is_none() {
+        return Ok(None);
+    }
+    let tls = config
+        .tls
+        .files()
+        .context("bridge.listen needs [tls] files")?;
+    let settings = DialSettings {
+        node_id: config.node.id.clone(),
+        region: config.node.region.clone(),
+        tls: TlsFiles {
+            ca_cert: tls.ca_cert,
+            cert: tls.cert,
+            key: tls.key,
+        },
+        retry: Duration::from_millis(config.bridge.retry_ms),
+    };
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    Ok(Some(BridgeLink {
+        dialer: Dialer::new(settings, control.clone(), events_tx),
+        events,
+        max_held: config.bridge.max_held,
+        hold_ms: i64::try_from(config.bridge.hold_ms).unwrap_or(i64::MAX),
+    }))
+}
+
+/// Keeps the region's registered bridge addresses current: this node's and those of
+/// the live peers the mesh reports.
+fn spawn_bridge_registry(node: Arc<Node>, own: SocketAddr) {
+    tokio::spawn(async move {
+        let mut views = node.mesh.as_ref().map(|mesh| mesh.watch());
+        loop {
+            let mut addrs: Vec<String> = vec![own.to_string()];
+            if let Some(views) = &mut views {
+                let view = views.borrow_and_update().clone();
+                addrs.extend(
+                    view.live
+                        .values()
+                        .filter_map(|m| m.bridge)
+                        .map(|a| a.to_string()),
+                );
+            }
+            addrs.sort();
+            addrs.dedup();
+            node.control.set_bridges(addrs);
+            match &mut views {
+                Some(views) => {
+                    if views.changed().await.is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            }
+        }
+    });
+}
+
 async fn start_mesh(
     config: &Config,
     client: SocketAddr,
+    bridge: Option<SocketAddr>,
 ) -> anyhow::Result<Option<(Mesh, Inbound)>> {
     let Some(listen) = config.mesh.listen else {
         return Ok(None);
@@ -98,6 +169,7 @@ async fn start_mesh(
         region: config.node.region.clone(),
         mesh: listen,
         client,
+        bridge,
         // A new process is a new incarnation; wall-clock ms grow across restarts.
         incarnation: now_ms() as u64,
     };
@@ -133,13 +205,44 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {}", config.listen.client))?;
     let client_addr = listener.local_addr()?;
-    let node = build_node(config, client_addr).await?;
+    let bridge_listener = match config.bridge.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding bridge listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let bridge_addr = bridge_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let node = build_node(config, client_addr, bridge_addr).await?;
+    if let (Some(listener), Some(addr)) = (bridge_listener, bridge_addr) {
+        let tls = node
+            .config
+            .tls
+            .files()
+            .context("bridge.listen needs [tls] files")?;
+        let files = TlsFiles {
+            ca_cert: tls.ca_cert,
+            cert: tls.cert,
+            key: tls.key,
+        };
+        crate::bridge::serve(node.clone(), listener, &files)?;
+        spawn_bridge_registry(node.clone(), addr);
+    }
 
     spawn_stats(node.clone());
     spawn_quorum_guard(node.clone());
     if let Some(path) = &describe_path {
         let mesh_addr = node.mesh.as_ref().map(|m| m.local_addr());
-        let described = describe::single_node(&node, client_addr, mesh_addr);
+        let mut described = describe::single_node(&node, client_addr, mesh_addr);
+        for region in &mut described.regions {
+            for described_node in &mut region.nodes {
+                described_node.bridge = bridge_addr.map(|a| a.to_string());
+            }
+        }
         describe::write(path, &described).with_context(|| format!("writing {}", path.display()))?;
     }
 
@@ -149,6 +252,7 @@ pub async fn serve(
         region.id = %node.config.node.region,
         listen.client = %client_addr,
         listen.mesh = ?node.mesh.as_ref().map(|m| m.local_addr()),
+        listen.bridge = ?bridge_addr,
         "region node ready"
     );
 

@@ -187,6 +187,7 @@ mod tests {
             region: "r".into(),
             mesh: "127.0.0.1:1".parse().unwrap(),
             client: "127.0.0.1:2".parse().unwrap(),
+            bridge: None,
             incarnation,
         }
     }

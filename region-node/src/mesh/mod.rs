@@ -495,6 +495,7 @@ mod tests {
             region: "r".into(),
             mesh: "127.0.0.1:0".parse().unwrap(),
             client: "127.0.0.1:1".parse().unwrap(),
+            bridge: None,
             incarnation: 1,
         }
     }

@@ -18,6 +18,9 @@ pub struct MemberInfo {
     pub mesh: SocketAddr,
     /// Where the node serves clients (WebSocket and REST).
     pub client: SocketAddr,
+    /// Where the node accepts bridges from other regions, if it does.
+    #[serde(default)]
+    pub bridge: Option<SocketAddr>,
     /// Grows each time the node process starts, so news of an old life never
     /// overrides the new one.
     pub incarnation: u64,
@@ -66,6 +69,7 @@ mod tests {
             region: "eu".into(),
             mesh: "127.0.0.1:1".parse().unwrap(),
             client: "127.0.0.1:2".parse().unwrap(),
+            bridge: Some("127.0.0.1:3".parse().unwrap()),
             incarnation: 7,
         };
         let msg = MeshMsg::Hello {

@@ -62,6 +62,14 @@ impl RegionState {
             info!(channel.name = channel, home = ?now, "channel home moved; stepping down");
             self.step_down(channel);
         }
+        let relay_stale = self.relays.get(channel).is_some_and(|relay| {
+            now.as_ref()
+                .is_none_or(|h| h.region != relay.region || h.epoch != relay.home_epoch)
+        });
+        if relay_stale {
+            info!(channel.name = channel, home = ?now, "channel home moved; relaying stops");
+            self.stop_relay(channel);
+        }
         self.finish_acquire_if_done(channel);
     }
 

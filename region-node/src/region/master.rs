@@ -70,6 +70,10 @@ impl RegionState {
             acquire.queued.push((from, msg));
             return;
         }
+        if self.relays.contains_key(&channel) {
+            self.on_relay_msg(from, msg);
+            return;
+        }
         if let ChannelMsg::History { req, query, .. } = &msg {
             if !self.masters.contains_key(&channel) && !self.homes.contains_key(&channel) {
                 // Reading never assigns a home, so a channel without one is read here.
@@ -373,6 +377,13 @@ impl RegionState {
             }
             self.refresh_copies(&channel);
         }
+        let relays: Vec<String> = self.relays.keys().cloned().collect();
+        for channel in relays {
+            if !self.may_sequence(&channel) {
+                self.stop_relay(&channel);
+                moved += 1;
+            }
+        }
         if moved > 0 {
             info!(
                 channels.moved = moved,
@@ -570,7 +581,10 @@ impl RegionState {
         };
         let acquire = self.acquiring.remove(channel).expect("checked");
         if home.region != self.region {
-            self.refuse_homed_elsewhere(channel, &home.region, acquire.queued);
+            match self.bridges {
+                Some(_) => self.start_relay(channel, &home, acquire.queued),
+                None => self.refuse_homed_elsewhere(channel, &home.region, acquire.queued),
+            }
             return;
         }
 

@@ -11,6 +11,7 @@ mod client;
 mod home;
 mod master;
 pub mod msg;
+mod relay;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,7 @@ pub use client::PublishReply;
 pub use home::{HomeRequest, HomeView};
 use master::{Acquire, MasterSlot, Replica};
 use msg::ChannelMsg;
+pub use relay::{BridgeIn, BridgeOut};
 
 use crate::channel_client::{Occupancy, Subscriber};
 use crate::channel_master::{HistoryPage, HistoryQuery, Publish};
@@ -38,6 +40,13 @@ use crate::protocol::{ErrorInfo, ProtocolMessage};
 use crate::ring::{Ring, DEFAULT_VNODES};
 
 pub type NodeId = String;
+
+/// Bounds on publishes held for a home region whose bridge link is down.
+#[derive(Debug, Clone)]
+struct BridgeLimits {
+    max_held: usize,
+    hold_ms: i64,
+}
 
 /// How often the state machine retries what waits on others and expires what is old.
 const TICK_MS: u64 = 200;
@@ -85,6 +94,14 @@ pub struct RegionState {
     home_requests: Vec<HomeRequest>,
     /// How often a master reports its channel in use, so its home does not expire.
     home_touch_ms: i64,
+    /// Channels homed elsewhere that this node relays (see `relay`).
+    relays: HashMap<String, relay::RelaySlot>,
+    /// What to send over bridges, drained by the region task.
+    bridge_out: Vec<BridgeOut>,
+    /// Remote regions whose bridge link is up.
+    links_up: BTreeSet<String>,
+    /// Set when the node has bridges; without them channels homed elsewhere are refused.
+    bridges: Option<BridgeLimits>,
     /// Messages to send, in order. Those addressed to this node are handled locally.
     pub out: Vec<(NodeId, ChannelMsg)>,
 }
@@ -112,6 +129,10 @@ impl RegionState {
             home_asked: HashMap::new(),
             home_requests: Vec::new(),
             home_touch_ms: DEFAULT_HOME_TOUCH_MS,
+            relays: HashMap::new(),
+            bridge_out: Vec::new(),
+            links_up: BTreeSet::new(),
+            bridges: None,
             out: Vec::new(),
         };
         state.set_view([me.to_owned()].into_iter().collect(), 1);
@@ -160,6 +181,7 @@ impl RegionState {
         self.expire_publishes();
         self.retry_history();
         self.touch_homes();
+        self.tick_relays();
         self.sweep();
     }
 
@@ -412,6 +434,7 @@ impl Region {
         settings: RegionSettings,
         control: Arc<ControlPlane>,
         mesh: Option<MeshLink>,
+        bridges: Option<BridgeLink>,
     ) -> Region {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = RegionState::new(
@@ -421,8 +444,11 @@ impl Region {
             settings.limits,
         );
         state.set_home_touch_ms(settings.home_touch_ms);
+        if let Some(link) = &bridges {
+            state.enable_bridges(link.max_held, link.hold_ms);
+        }
         let (quorum_tx, quorum) = watch::channel(true);
-        tokio::spawn(run(state, rx, mesh, control, quorum_tx));
+        tokio::spawn(run(state, rx, mesh, control, bridges, quorum_tx));
         Region { tx, quorum }
     }
 
@@ -516,6 +542,15 @@ pub struct RegionSettings {
     pub home_touch_ms: i64,
 }
 
+/// The region task's links to other regions: where to send relays' requests, and
+/// what the links report.
+pub struct BridgeLink {
+    pub dialer: crate::bridge::Dialer,
+    pub events: mpsc::UnboundedReceiver<BridgeIn>,
+    pub max_held: usize,
+    pub hold_ms: i64,
+}
+
 /// The region task's connection to the mesh.
 pub struct MeshLink {
     pub mesh: Mesh,
@@ -527,8 +562,13 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     mesh: Option<MeshLink>,
     control: Arc<ControlPlane>,
+    bridges: Option<BridgeLink>,
     quorum: watch::Sender<bool>,
 ) {
+    let (mut dialer, mut bridge_events) = match bridges {
+        Some(link) => (Some(link.dialer), Some(link.events)),
+        None => (None, None),
+    };
     let (homes, mut home_events) = control.follow_homes();
     state.replace_homes(homes);
 
@@ -568,9 +608,20 @@ async fn run(
                     HomeEvent::Replace(homes) => state.replace_homes(homes),
                 }
             }
+            Some(event) = recv_bridge(&mut bridge_events) => {
+                state.set_clock(now_ms());
+                state.on_bridge(event);
+            }
             _ = ticker.tick() => {
                 state.set_clock(now_ms());
                 state.tick();
+            }
+        }
+
+        for out in state.take_bridge_out() {
+            match &mut dialer {
+                Some(dialer) => dialer.send(out),
+                None => debug!(?out, "no bridges; dropped"),
             }
         }
 
@@ -619,6 +670,13 @@ async fn recv_inbound(
     inbound: &mut Option<mpsc::UnboundedReceiver<(NodeId, ChannelMsg)>>,
 ) -> Option<(NodeId, ChannelMsg)> {
     match inbound {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_bridge(events: &mut Option<mpsc::UnboundedReceiver<BridgeIn>>) -> Option<BridgeIn> {
+    match events {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }

@@ -67,7 +67,7 @@ async fn fixture_with(tune: impl FnOnce(&mut Config)) -> Fixture {
     config.node.data_dir = dir.path().to_owned();
     tune(&mut config);
 
-    let node = build_node(config, "127.0.0.1:0".parse().unwrap())
+    let node = build_node(config, "127.0.0.1:0".parse().unwrap(), None)
         .await
         .unwrap();
     let key = node.apps.list()[0].keys[0].key_str();

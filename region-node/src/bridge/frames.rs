@@ -1,0 +1,204 @@
+//! Conversions between the relays' requests and events and the bridge's prost frames.
+//! Messages travel as MessagePack (with field names), so a bridge never depends on a
+//! client's wire format.
+
+use std::collections::HashMap;
+
+use starling_proto::bridge as pb;
+use starling_proto::bridge::bridge_frame::Body;
+use tracing::debug;
+
+use crate::channel_master::Entry;
+use crate::channels::channel_key;
+use crate::error::AblyError;
+use crate::position::Position;
+use crate::protocol::{ErrorInfo, Message};
+use crate::region::{BridgeIn, BridgeOut};
+
+/// Numbers the frames one side originates on a link, and remembers which forward
+/// each Forward frame carried, so Acks find their publish.
+pub struct Numbering {
+    region: String,
+    next: u64,
+    forwards: HashMap<u64, u64>,
+}
+
+impl Numbering {
+    pub fn new(region: &str) -> Self {
+        Self {
+            region: region.to_owned(),
+            next: 1,
+            forwards: HashMap::new(),
+        }
+    }
+
+    pub fn frame(&mut self, body: Body) -> pb::BridgeFrame {
+        let seq = self.next;
+        self.next += 1;
+        pb::BridgeFrame {
+            origin_region: self.region.clone(),
+            origin_seq: seq,
+            body: Some(body),
+        }
+    }
+
+    pub fn remember(&mut self, seq: u64, req: u64) {
+        self.forwards.insert(seq, req);
+    }
+}
+
+/// Splits a channel key (`appId/name`) into the bridge's two fields.
+pub fn split_key(key: &str) -> (String, String) {
+    match key.split_once('/') {
+        Some((app, name)) => (app.to_owned(), name.to_owned()),
+        None => (String::new(), key.to_owned()),
+    }
+}
+
+pub fn to_pb(position: Position) -> pb::Position {
+    pb::Position {
+        epoch: position.epoch,
+        seq: position.seq,
+    }
+}
+
+pub fn from_pb(position: &pb::Position) -> Position {
+    Position::new(position.epoch, position.seq)
+}
+
+pub fn encode_message(message: &Message) -> Vec<u8> {
+    rmp_serde::to_vec_named(message).expect("messages serialise")
+}
+
+pub fn decode_message(bytes: &[u8]) -> Result<Message, AblyError> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| AblyError::MalformedFrame(format!("bridge message: {e}")))
+}
+
+/// A relay's request as a frame body, and the forward request it carries, if any.
+pub fn outgoing(out: BridgeOut) -> (Body, Option<u64>) {
+    match out {
+        BridgeOut::Interest {
+            channel,
+            from,
+            interested,
+            ..
+        } => {
+            let (app_id, channel) = split_key(&channel);
+            let body = Body::Interest(pb::Interest {
+                app_id,
+                channel,
+                interested,
+                from: from.map(to_pb),
+            });
+            (body, None)
+        }
+        BridgeOut::Forward {
+            channel,
+            req,
+            publish,
+            ..
+        } => {
+            let (app_id, channel) = split_key(&channel);
+            let messages = (publish.messages.iter().enumerate())
+                .map(|(index, message)| {
+                    // The id is fixed here, so a forward sent again is the same message.
+                    let mut message = message.clone();
+                    let id = message
+                        .id
+                        .get_or_insert_with(|| format!("{}:{index}", publish.id_base))
+                        .clone();
+                    pb::Publish {
+                        id,
+                        payload: encode_message(&message),
+                        kind: pb::EntryKind::Message as i32,
+                    }
+                })
+                .collect();
+            let body = Body::Forward(pb::Forward {
+                app_id,
+                channel,
+                messages,
+                connection_id: publish.connection_id.unwrap_or_default(),
+            });
+            (body, Some(req))
+        }
+    }
+}
+
+/// What a frame from the home region means to the relays (nothing, for a Hello or a
+/// frame that does not decode, which is logged: a peer's bad frame never panics).
+pub fn incoming(frame: pb::BridgeFrame, numbering: &mut Numbering) -> Vec<BridgeIn> {
+    let Some(body) = frame.body else {
+        return Vec::new();
+    };
+    match body {
+        Body::Subscribed(s) => vec![BridgeIn::Subscribed {
+            channel: channel_key(&s.app_id, &s.channel),
+            position: s.position.as_ref().map(from_pb).unwrap_or_default(),
+            resumed: s.resumed,
+            error: error_of(s.error_code, s.error_message),
+        }],
+        Body::Sequenced(s) => match entries(&s.entries) {
+            Ok(entries) => vec![BridgeIn::Sequenced {
+                channel: channel_key(&s.app_id, &s.channel),
+                previous: s.previous.as_ref().map(from_pb),
+                entries,
+            }],
+            Err(error) => {
+                debug!(region.id = %frame.origin_region, "undecodable sequenced frame: {error}");
+                Vec::new()
+            }
+        },
+        Body::Ack(ack) => {
+            let Some(req) = numbering.forwards.remove(&ack.acked_seq) else {
+                return Vec::new();
+            };
+            let result = match error_of(ack.error_code, ack.error_message) {
+                Some(error) => Err(error),
+                None => Ok(ack
+                    .positions
+                    .iter()
+                    .map(|p| Some(from_pb(p).to_string()))
+                    .collect()),
+            };
+            vec![BridgeIn::Ack { req, result }]
+        }
+        Body::Refused(r) => vec![BridgeIn::Refused {
+            channel: channel_key(&r.app_id, &r.channel),
+            error: error_of(r.error_code, r.error_message)
+                .unwrap_or_else(|| AblyError::Internal("refused".into()).to_info()),
+        }],
+        Body::Hello(_) | Body::Interest(_) | Body::Forward(_) => Vec::new(),
+    }
+}
+
+fn entries(entries: &[pb::SequencedEntry]) -> Result<Vec<Entry>, AblyError> {
+    entries
+        .iter()
+        .map(|e| {
+            Ok(Entry {
+                position: e.position.as_ref().map(from_pb).unwrap_or_default(),
+                message: decode_message(&e.payload)?,
+            })
+        })
+        .collect()
+}
+
+/// An error carried as code and message (0: none). The status follows the code's
+/// class, as the home's own error would have had it.
+pub fn error_of(code: u32, message: String) -> Option<ErrorInfo> {
+    (code != 0).then(|| {
+        let code = i64::from(code);
+        ErrorInfo {
+            code,
+            status_code: if code >= 50_000 {
+                503
+            } else {
+                (code / 100).clamp(400, 599)
+            },
+            message,
+            href: None,
+        }
+    })
+}

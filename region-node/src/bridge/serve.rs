@@ -1,0 +1,395 @@
+//! The accepting side of a bridge: another region's node declares interest in
+//! channels homed here and forwards its publishes; this node serves them through its
+//! own region exactly as it serves a connection. Each interest is an attachment of this
+//! node's ChannelClient (with its own outbox, so it gets ATTACHED, replays and live
+//! frames in order), and each forward a publish through it, answered once the home
+//! master sequenced and copied it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use starling_proto::bridge as pb;
+use starling_proto::bridge::bridge_frame::Body;
+use starling_proto::bridge::bridge_server::{Bridge, BridgeServer};
+use starling_proto::tls::{server_tls, TlsFiles};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+
+use super::frames::{self, decode_message, encode_message, to_pb, Numbering};
+use super::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use crate::channel_client::Subscriber;
+use crate::channel_master::Publish;
+use crate::channels::{channel_key, validate_name};
+use crate::error::AblyError;
+use crate::node::Node;
+use crate::outbox::{self, Inbox, Outgoing};
+use crate::position::Position;
+use crate::protocol::{action, codec, flags, Encoded, Format, ProtocolMessage};
+
+/// Bytes queued toward one remote region per channel before its interest is cut off
+/// (it declares interest again from where it was, and the home replays the rest).
+const INTEREST_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Serves bridges on `listener` until the process ends.
+pub fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    tls: &TlsFiles,
+) -> anyhow::Result<()> {
+    let service = BridgeServer::new(Acceptor {
+        node,
+        links: AtomicU64::new(1),
+    })
+    .max_decoding_message_size(MAX_FRAME_BYTES)
+    .max_encoding_message_size(MAX_FRAME_BYTES);
+    let router = Server::builder()
+        .tls_config(server_tls(tls)?)?
+        .add_service(service);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(async move {
+        if let Err(error) = router.serve_with_incoming(incoming).await {
+            tracing::error!("bridge listener stopped: {error}");
+        }
+    });
+    Ok(())
+}
+
+struct Acceptor {
+    node: Arc<Node>,
+    links: AtomicU64,
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::BridgeFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Bridge for Acceptor {
+    type LinkStream = FrameStream;
+
+    async fn link(
+        &self,
+        request: Request<Streaming<pb::BridgeFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let peer: Option<SocketAddr> = request.remote_addr();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let number = self.links.fetch_add(1, Ordering::Relaxed);
+        let link = ServedLink::new(self.node.clone(), tx, number);
+        tokio::spawn(link.run(inbound, peer));
+        let frames = UnboundedReceiverStream::new(rx).map(Ok::<_, Status>);
+        Ok(Response::new(Box::pin(frames)))
+    }
+}
+
+/// One accepted stream and the interests it holds.
+struct ServedLink {
+    node: Arc<Node>,
+    tx: mpsc::UnboundedSender<pb::BridgeFrame>,
+    numbering: Arc<parking_lot::Mutex<Numbering>>,
+    /// A prefix for the pseudo-connection ids of this link's attachments.
+    id: String,
+    /// Per channel key: the attachment's connection id and the task pumping its frames.
+    interests: HashMap<String, (String, JoinHandle<()>)>,
+    remote: String,
+    next_attachment: u64,
+}
+
+impl ServedLink {
+    fn new(node: Arc<Node>, tx: mpsc::UnboundedSender<pb::BridgeFrame>, number: u64) -> Self {
+        let region = node.config.node.region.clone();
+        Self {
+            id: format!("bridge-{}-{number}", node.config.node.id),
+            node,
+            tx,
+            numbering: Arc::new(parking_lot::Mutex::new(Numbering::new(&region))),
+            interests: HashMap::new(),
+            remote: String::new(),
+            next_attachment: 1,
+        }
+    }
+
+    async fn run(mut self, mut inbound: Streaming<pb::BridgeFrame>, peer: Option<SocketAddr>) {
+        loop {
+            let frame = match inbound.message().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(status) => {
+                    debug!(?peer, "bridge stream ended: {}", status.message());
+                    break;
+                }
+            };
+            self.on_frame(frame);
+        }
+        for (key, (connection_id, pump)) in self.interests.drain() {
+            pump.abort();
+            self.node.region.detach(&key, &connection_id);
+        }
+        info!(region.id = %self.remote, "bridge link closed");
+    }
+
+    fn send(&self, body: Body) {
+        let frame = self.numbering.lock().frame(body);
+        let _ = self.tx.send(frame);
+    }
+
+    fn on_frame(&mut self, frame: pb::BridgeFrame) {
+        let origin_seq = frame.origin_seq;
+        match frame.body {
+            Some(Body::Hello(hello)) => {
+                self.remote = frame.origin_region.clone();
+                info!(region.id = %self.remote, peer.node = %hello.node_id, "bridge link accepted");
+                self.send(Body::Hello(pb::Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    node_id: self.node.config.node.id.clone(),
+                    registry_version: 0,
+                }));
+            }
+            Some(Body::Interest(interest)) => self.on_interest(interest),
+            Some(Body::Forward(forward)) => self.on_forward(forward, origin_seq),
+            Some(other) => debug!(?other, "unexpected bridge frame"),
+            None => debug!("empty bridge frame"),
+        }
+    }
+
+    /// Whether this region is the channel's home, as this node's catalog copy says:
+    /// only then does it serve the channel (split horizon).
+    fn homed_here(&self, key: &str) -> Result<(), AblyError> {
+        let here = &self.node.config.node.region;
+        match self.node.control.known_home(key) {
+            Some(home) if &home.region == here => Ok(()),
+            Some(home) => Err(AblyError::HomedElsewhere {
+                channel: key.to_owned(),
+                region: home.region,
+            }),
+            None => Err(AblyError::HomedElsewhere {
+                channel: key.to_owned(),
+                region: "(none yet)".into(),
+            }),
+        }
+    }
+
+    fn refuse(&self, app_id: String, channel: String, error: &AblyError) {
+        self.send(Body::Refused(pb::Refused {
+            app_id,
+            channel,
+            error_code: error.code() as u32,
+            error_message: error.to_string(),
+        }));
+    }
+
+    fn on_interest(&mut self, interest: pb::Interest) {
+        let key = channel_key(&interest.app_id, &interest.channel);
+        if let Some((connection_id, pump)) = self.interests.remove(&key) {
+            pump.abort();
+            self.node.region.detach(&key, &connection_id);
+        }
+        if !interest.interested {
+            return;
+        }
+        let checked = validate_name(&interest.channel).and_then(|()| self.homed_here(&key));
+        if let Err(error) = checked {
+            debug!(channel.name = %key, "bridge interest refused: {error}");
+            return self.refuse(interest.app_id, interest.channel, &error);
+        }
+
+        let connection_id = format!("{}-{}", self.id, self.next_attachment);
+        self.next_attachment += 1;
+        let (outbox, inbox) = outbox::channel(
+            connection_id.clone().into(),
+            interest.app_id.clone().into(),
+            Format::Msgpack,
+            INTEREST_QUEUE_BYTES,
+        );
+        let subscriber = Subscriber {
+            outbox,
+            modes: flags::SUBSCRIBE,
+            echo: true,
+        };
+        let attached = ProtocolMessage::for_channel(action::ATTACHED, &interest.channel);
+        let from = interest.from.as_ref().map(frames::from_pb);
+        self.node.region.attach(&key, subscriber, attached, from);
+
+        let pump = Pump {
+            app_id: interest.app_id,
+            channel: interest.channel,
+            numbering: self.numbering.clone(),
+            tx: self.tx.clone(),
+            last: None,
+        };
+        let task = tokio::spawn(pump.run(inbox));
+        self.interests.insert(key, (connection_id, task));
+    }
+
+    fn on_forward(&self, forward: pb::Forward, origin_seq: u64) {
+        let key = channel_key(&forward.app_id, &forward.channel);
+        let ack = move |positions: Vec<pb::Position>, error: Option<&AblyError>| pb::Ack {
+            acked_seq: origin_seq,
+            positions,
+            error_code: error.map_or(0, |e| e.code() as u32),
+            error_message: error.map(ToString::to_string).unwrap_or_default(),
+        };
+        let publish = validate_name(&forward.channel)
+            .and_then(|()| self.homed_here(&key))
+            .and_then(|()| forwarded_publish(&forward, &self.remote, origin_seq));
+        let publish = match publish {
+            Ok(publish) => publish,
+            Err(error) => return self.send(Body::Ack(ack(Vec::new(), Some(&error)))),
+        };
+
+        let region = self.node.region.clone();
+        let numbering = self.numbering.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let outcome = region.publish(&key, publish).await;
+            let body = match outcome {
+                Ok(Ok(serials)) => {
+                    let positions = (serials.iter())
+                        .map(|s| {
+                            s.as_deref()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or_default()
+                        })
+                        .map(to_pb)
+                        .collect();
+                    Body::Ack(ack(positions, None))
+                }
+                Ok(Err(info)) => Body::Ack(pb::Ack {
+                    acked_seq: origin_seq,
+                    positions: Vec::new(),
+                    error_code: info.code as u32,
+                    error_message: info.message,
+                }),
+                Err(_) => {
+                    let error = AblyError::Internal("region task ended".into());
+                    Body::Ack(ack(Vec::new(), Some(&error)))
+                }
+            };
+            let frame = numbering.lock().frame(body);
+            let _ = tx.send(frame);
+        });
+    }
+}
+
+/// A forwarded publish as this region's master takes it: the messages with the ids
+/// the relay fixed, stamped with the publishing connection.
+fn forwarded_publish(
+    forward: &pb::Forward,
+    remote: &str,
+    origin_seq: u64,
+) -> Result<Publish, AblyError> {
+    let messages = (forward.messages.iter())
+        .map(|p| {
+            let mut message = decode_message(&p.payload)?;
+            message.id = Some(p.id.clone());
+            Ok(message)
+        })
+        .collect::<Result<Vec<_>, AblyError>>()?;
+    Ok(Publish {
+        messages,
+        id_base: format!("bridge:{remote}:{origin_seq}"),
+        connection_id: (!forward.connection_id.is_empty()).then(|| forward.connection_id.clone()),
+    })
+}
+
+/// Carries one interest's frames from its outbox onto the stream.
+struct Pump {
+    app_id: String,
+    channel: String,
+    numbering: Arc<parking_lot::Mutex<Numbering>>,
+    tx: mpsc::UnboundedSender<pb::BridgeFrame>,
+    /// The last position sent, named as `previous` in the next Sequenced frame.
+    last: Option<Position>,
+}
+
+impl Pump {
+    async fn run(mut self, mut inbox: Inbox) {
+        while let Some(item) = inbox.recv().await {
+            let body = match item {
+                Outgoing::Frame(Encoded::Binary(bytes)) => match codec::decode_msgpack(&bytes) {
+                    Ok(frame) => self.translate(frame),
+                    Err(error) => {
+                        debug!("undecodable frame for a bridge: {error}");
+                        None
+                    }
+                },
+                Outgoing::Frame(Encoded::Text(_)) => None,
+                // The attachment was cut off (its queue overflowed): the remote region
+                // declares interest again from what it holds.
+                Outgoing::Fail(info) | Outgoing::Disconnect(info) => {
+                    Some(Body::Refused(pb::Refused {
+                        app_id: self.app_id.clone(),
+                        channel: self.channel.clone(),
+                        error_code: info.code as u32,
+                        error_message: info.message,
+                    }))
+                }
+            };
+            if let Some(body) = body {
+                let frame = self.numbering.lock().frame(body);
+                if self.tx.send(frame).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn translate(&mut self, frame: ProtocolMessage) -> Option<Body> {
+        let position = frame
+            .channel_serial
+            .as_deref()
+            .and_then(|s| s.parse::<Position>().ok());
+        match frame.action {
+            action::ATTACHED => {
+                let position = position.unwrap_or_default();
+                self.last = Some(position);
+                let resumed = frame.flags.unwrap_or(0) & flags::RESUMED != 0;
+                Some(Body::Subscribed(pb::Subscribed {
+                    app_id: self.app_id.clone(),
+                    channel: self.channel.clone(),
+                    position: Some(to_pb(position)),
+                    resumed,
+                    error_code: frame.error.as_ref().map_or(0, |e| e.code as u32),
+                    error_message: frame.error.map(|e| e.message).unwrap_or_default(),
+                }))
+            }
+            action::MESSAGE => {
+                let entries: Vec<pb::SequencedEntry> = (frame.messages.unwrap_or_default().iter())
+                    .filter_map(|m| {
+                        let position: Position = m.serial.as_deref()?.parse().ok()?;
+                        Some(pb::SequencedEntry {
+                            position: Some(to_pb(position)),
+                            id: m.id.clone().unwrap_or_default(),
+                            kind: pb::EntryKind::Message as i32,
+                            payload: encode_message(m),
+                        })
+                    })
+                    .collect();
+                let previous = self.last.map(to_pb);
+                if let Some(last) = entries.last().and_then(|e| e.position.as_ref()) {
+                    self.last = Some(frames::from_pb(last));
+                }
+                Some(Body::Sequenced(pb::Sequenced {
+                    app_id: self.app_id.clone(),
+                    channel: self.channel.clone(),
+                    previous,
+                    entries,
+                }))
+            }
+            action::ERROR => Some(Body::Refused(pb::Refused {
+                app_id: self.app_id.clone(),
+                channel: self.channel.clone(),
+                error_code: frame.error.as_ref().map_or(50001, |e| e.code as u32),
+                error_message: frame.error.map(|e| e.message).unwrap_or_default(),
+            })),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! Channels homed in another region, in the region state machine.
+//!
+//! The node the ring names master of such a channel does not sequence it: it is the
+//! channel's **relay**. To this region's ChannelClients it looks like a master (they
+//! subscribe, publish and read history the same way), but it forwards their publishes
+//! to the home region over a bridge and passes on, in the home's order, what the home
+//! sequenced. It keeps what it relayed, so ChannelClients that re-subscribe get what
+//! they missed, and so history reads in this region answer without the home.
+//!
+//! No I/O here either: the relay asks the bridge for what it needs with
+//! [`BridgeOut`] and is told what arrived with [`BridgeIn`]. The bridge keeps one
+//! ordered stream per remote region; when it breaks, the relay holds its publishes
+//! (bounded by count and time) and declares interest again from the last position it
+//! holds, so the home replays exactly what the link lost.
+//!
+//! **Invariant:** a relay never assigns a position: every position it passes on came
+//! from the home, and it passes each on at most once, in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracing::{debug, info};
+
+use super::msg::ChannelMsg;
+use super::{NodeId, RegionState};
+use crate::channel_master::{ChannelMaster, Entry, HistoryQuery, Publish, Snapshot};
+use crate::channels::public_name;
+use crate::error::AblyError;
+use crate::position::Position;
+use crate::protocol::{action, ErrorInfo, ProtocolMessage};
+
+/// How long an interest may go unconfirmed before it is declared again.
+const INTEREST_RETRY_MS: i64 = 1_000;
+
+/// What a relay asks of the bridge to the channel's home region.
+#[derive(Debug, Clone)]
+pub enum BridgeOut {
+    /// Start (or stop) the channel's traffic toward this region, replaying what came
+    /// after `from`.
+    Interest {
+        region: String,
+        channel: String,
+        from: Option<Position>,
+        interested: bool,
+    },
+    /// Have the home sequence this publish; answered by [`BridgeIn::Ack`] for `req`.
+    Forward {
+        region: String,
+        channel: String,
+        req: u64,
+        publish: Publish,
+    },
+}
+
+/// What the bridge reports to the relays.
+#[derive(Debug, Clone)]
+pub enum BridgeIn {
+    /// The link to `region` is up: everything sent before may have been lost.
+    Up { region: String },
+    /// The link to `region` broke.
+    Down { region: String },
+    /// The home confirmed interest: see the `Subscribed` bridge frame.
+    Subscribed {
+        channel: String,
+        position: Position,
+        resumed: bool,
+        error: Option<ErrorInfo>,
+    },
+    /// Entries the home sequenced, and the position before the first of them.
+    Sequenced {
+        channel: String,
+        previous: Option<Position>,
+        entries: Vec<Entry>,
+    },
+    /// The home's answer to the forward `req`.
+    Ack {
+        req: u64,
+        result: Result<Vec<Option<String>>, ErrorInfo>,
+    },
+    /// The region asked will not serve the channel (it is not, or no longer, its home).
+    Refused { channel: String, error: ErrorInfo },
+}
+
+/// A channel homed elsewhere that this node relays.
+pub(super) struct RelaySlot {
+    /// The home region.
+    pub region: String,
+    /// The home epoch the relay was started under.
+    pub home_epoch: u64,
+    /// What was relayed, for re-subscribing ChannelClients and history reads. Holds
+    /// no position before the home first confirmed interest (`started`).
+    pub core: ChannelMaster,
+    pub started: bool,
+    /// Nodes whose ChannelClient subscribed and was answered.
+    pub subscribers: BTreeSet<NodeId>,
+    /// Subscriptions waiting for the home to confirm interest, with their `from`.
+    pub waiting: Vec<(NodeId, Option<Position>)>,
+    /// Whether the home confirmed interest on the current link.
+    pub linked: bool,
+    pub interest_sent_ms: Option<i64>,
+    /// Publishes forwarded to the home and not yet answered, by bridge request.
+    pub forwarded: BTreeMap<u64, Forwarded>,
+}
+
+pub(super) struct Forwarded {
+    reply_to: NodeId,
+    /// The ChannelClient's request id, to answer it.
+    req: u64,
+    publish: Publish,
+    since_ms: i64,
+}
+
+impl RegionState {
+    /// Lets the relay part work: without a bridge, channels homed elsewhere are refused.
+    pub fn enable_bridges(&mut self, max_held: usize, hold_ms: i64) {
+        self.bridges = Some(super::BridgeLimits { max_held, hold_ms });
+    }
+
+    /// What the region task must send over bridges, in order.
+    pub fn take_bridge_out(&mut self) -> Vec<BridgeOut> {
+        std::mem::take(&mut self.bridge_out)
+    }
+
+    /// Starts relaying `channel` from its home `region`, then handles the requests a
+    /// takeover held back. The relay's first interest asks the home to replay from the
+    /// earliest position a waiting ChannelClient holds, so a relay that replaces one
+    /// on a dead node loses nothing those clients had not seen.
+    pub(super) fn start_relay(
+        &mut self,
+        channel: &str,
+        home: &super::HomeView,
+        queued: Vec<(NodeId, ChannelMsg)>,
+    ) {
+        let from = (queued.iter())
+            .filter_map(|(_, msg)| match msg {
+                ChannelMsg::Subscribe { from, .. } => *from,
+                _ => None,
+            })
+            .min();
+        let mut core = ChannelMaster::new(public_name(channel), 0, self.limits.clone());
+        if let Some(from) = from {
+            core.restore(starting_at(from));
+        }
+        let slot = RelaySlot {
+            region: home.region.clone(),
+            home_epoch: home.epoch,
+            core,
+            started: from.is_some(),
+            subscribers: BTreeSet::new(),
+            waiting: Vec::new(),
+            linked: false,
+            interest_sent_ms: None,
+            forwarded: BTreeMap::new(),
+        };
+        debug!(channel.name = channel, home.region = %home.region, "relaying a channel homed elsewhere");
+        self.relays.insert(channel.to_owned(), slot);
+        self.declare_interest(channel);
+        for (from, msg) in queued {
+            self.on_relay_msg(from, msg);
+        }
+    }
+
+    /// A ChannelClient's request to the relay of `channel`.
+    pub(super) fn on_relay_msg(&mut self, from: NodeId, msg: ChannelMsg) {
+        match msg {
+            ChannelMsg::Subscribe {
+                channel,
+                from: since,
+            } => {
+                let slot = self.relays.get_mut(&channel).expect("checked by caller");
+                if slot.linked {
+                    slot.subscribers.insert(from.clone());
+                    self.answer_subscribe(&channel, from, since);
+                } else {
+                    slot.waiting.push((from, since));
+                }
+            }
+            ChannelMsg::Unsubscribe { channel } => {
+                let slot = self.relays.get_mut(&channel).expect("checked by caller");
+                slot.subscribers.remove(&from);
+                slot.waiting.retain(|(node, _)| *node != from);
+            }
+            ChannelMsg::Publish {
+                channel,
+                req,
+                publish,
+            } => self.forward(from, &channel, req, publish),
+            ChannelMsg::History {
+                channel,
+                req,
+                query,
+            } => {
+                let slot = self.relays.get(&channel).expect("checked by caller");
+                let mut query: HistoryQuery = query;
+                let held = slot.core.position();
+                query.until = Some(query.until.map_or(held, |u| u.min(held)));
+                let page = slot.core.history(&query);
+                self.send(
+                    from,
+                    ChannelMsg::HistoryPage {
+                        req,
+                        result: Ok(page),
+                    },
+                );
+            }
+            other => debug!(?other, "not a relay message"),
+        }
+    }
+
+    /// Answers a subscription from what the relay holds.
+    fn answer_subscribe(&mut self, channel: &str, to: NodeId, since: Option<Position>) {
+        let slot = self.relays.get(channel).expect("checked by caller");
+        let position = slot.core.position();
+        let (missed, lost) = match since {
+            None => (Vec::new(), false),
+            Some(since) => match slot.core.since(since) {
+                Some(entries) => (entries, false),
+                None => (Vec::new(), true),
+            },
+        };
+        let msg = ChannelMsg::Subscribed {
+            channel: channel.to_owned(),
+            position,
+            missed,
+            lost,
+        };
+        self.send(to, msg);
+    }
+
+    fn forward(&mut self, from: NodeId, channel: &str, req: u64, publish: Publish) {
+        let limits = self
+            .bridges
+            .clone()
+            .expect("relays exist only with bridges");
+        let bridge_req = self.next_req();
+        let now = self.now_ms;
+        let slot = self.relays.get_mut(channel).expect("checked by caller");
+        if slot.forwarded.len() >= limits.max_held {
+            let error = AblyError::HomeUnreachable(slot.region.clone()).to_info();
+            self.send(
+                from,
+                ChannelMsg::Published {
+                    req,
+                    result: Err(error),
+                },
+            );
+            return;
+        }
+        let out = BridgeOut::Forward {
+            region: slot.region.clone(),
+            channel: channel.to_owned(),
+            req: bridge_req,
+            publish: publish.clone(),
+        };
+        let forwarded = Forwarded {
+            reply_to: from,
+            req,
+            publish,
+            since_ms: now,
+        };
+        slot.forwarded.insert(bridge_req, forwarded);
+        if self.links_up.contains(&slot.region) {
+            self.bridge_out.push(out);
+        }
+    }
+
+    fn declare_interest(&mut self, channel: &str) {
+        let now = self.now_ms;
+        let Some(slot) = self.relays.get_mut(channel) else {
+            return;
+        };
+        slot.interest_sent_ms = Some(now);
+        let from = slot.started.then(|| slot.core.position());
+        self.bridge_out.push(BridgeOut::Interest {
+            region: slot.region.clone(),
+            channel: channel.to_owned(),
+            from,
+            interested: true,
+        });
+    }
+
+    /// Handles what the bridge reports.
+    pub fn on_bridge(&mut self, event: BridgeIn) {
+        match event {
+            BridgeIn::Up { region } => self.on_link_up(&region),
+            BridgeIn::Down { region } => {
+                info!(region.id = %region, "bridge link down");
+                self.links_up.remove(&region);
+                for slot in self.relays.values_mut().filter(|s| s.region == region) {
+                    slot.linked = false;
+                }
+            }
+            BridgeIn::Subscribed {
+                channel,
+                position,
+                resumed,
+                error,
+            } => self.on_home_subscribed(&channel, position, resumed, error),
+            BridgeIn::Sequenced {
+                channel,
+                previous,
+                entries,
+            } => self.on_home_sequenced(&channel, previous, entries),
+            BridgeIn::Ack { req, result } => self.on_home_ack(req, result),
+            BridgeIn::Refused { channel, error } => {
+                // The home's view may be ahead of (or behind) this node's catalog copy;
+                // interest is declared again from a tick, and a home change that
+                // reaches this node stops the relay.
+                debug!(channel.name = %channel, error.code = error.code, "home refused interest");
+                if let Some(slot) = self.relays.get_mut(&channel) {
+                    slot.linked = false;
+                }
+            }
+        }
+    }
+
+    /// A (new) link to `region`: interest in every channel relayed from it is declared
+    /// again from the last position held, and every unanswered publish is sent again
+    /// (the home drops what it already sequenced, by message id).
+    fn on_link_up(&mut self, region: &str) {
+        info!(region.id = %region, "bridge link up");
+        self.links_up.insert(region.to_owned());
+        let channels: Vec<String> = (self.relays.iter())
+            .filter(|(_, slot)| slot.region == region)
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in channels {
+            let slot = self.relays.get_mut(&channel).expect("listed");
+            slot.linked = false;
+            let resends: Vec<BridgeOut> = (slot.forwarded.iter())
+                .map(|(req, f)| BridgeOut::Forward {
+                    region: region.to_owned(),
+                    channel: channel.clone(),
+                    req: *req,
+                    publish: f.publish.clone(),
+                })
+                .collect();
+            self.declare_interest(&channel);
+            self.bridge_out.extend(resends);
+        }
+    }
+
+    fn on_home_subscribed(
+        &mut self,
+        channel: &str,
+        position: Position,
+        resumed: bool,
+        error: Option<ErrorInfo>,
+    ) {
+        let Some(slot) = self.relays.get_mut(channel) else {
+            return;
+        };
+        if !resumed {
+            // A fresh start, or the home no longer holds what came after the relay's
+            // position: continue from the home's position. ChannelClients that held
+            // more than the relay notice the gap when they subscribe again.
+            if slot.started {
+                debug!(channel.name = channel, error = ?error, "relay continues with a gap");
+            }
+            slot.core.restore(starting_at(position));
+            slot.started = true;
+        }
+        slot.linked = true;
+        let waiting = std::mem::take(&mut slot.waiting);
+        for (node, since) in waiting {
+            if let Some(slot) = self.relays.get_mut(channel) {
+                slot.subscribers.insert(node.clone());
+            }
+            self.answer_subscribe(channel, node, since);
+        }
+    }
+
+    /// Entries from the home: kept, then passed on to the subscribed ChannelClients as
+    /// one frame, after the last position they were given.
+    fn on_home_sequenced(
+        &mut self,
+        channel: &str,
+        previous: Option<Position>,
+        entries: Vec<Entry>,
+    ) {
+        let now = self.now_ms;
+        let Some(slot) = self.relays.get_mut(channel) else {
+            return;
+        };
+        if !slot.linked {
+            return;
+        }
+        let after = slot.core.position();
+        let fresh: Vec<Entry> = entries.into_iter().filter(|e| e.position > after).collect();
+        let Some(last) = fresh.last().map(|e| e.position) else {
+            return;
+        };
+        if previous.is_some_and(|p| p > after) {
+            // The home sequenced something this relay never received.
+            debug!(
+                channel.name = channel,
+                "gap in relayed frames; declaring interest again"
+            );
+            slot.linked = false;
+            self.declare_interest(channel);
+            return;
+        }
+
+        let frame = message_frame(public_name(channel), &fresh);
+        slot.core.apply(fresh, now);
+        let subscribers: Vec<NodeId> = slot.subscribers.iter().cloned().collect();
+        for node in subscribers {
+            let msg = ChannelMsg::Sequenced {
+                after,
+                channel: channel.to_owned(),
+                position: last,
+                frame: frame.clone(),
+            };
+            self.send(node, msg);
+        }
+    }
+
+    fn on_home_ack(&mut self, req: u64, result: Result<Vec<Option<String>>, ErrorInfo>) {
+        let found = self
+            .relays
+            .values_mut()
+            .find_map(|slot| slot.forwarded.remove(&req));
+        if let Some(forwarded) = found {
+            let msg = ChannelMsg::Published {
+                req: forwarded.req,
+                result,
+            };
+            self.send(forwarded.reply_to, msg);
+        }
+    }
+
+    /// Stops relaying `channel` (its home moved, or another node relays it now): the
+    /// ChannelClients go to whoever the ring and the home name next, and resend.
+    pub(super) fn stop_relay(&mut self, channel: &str) {
+        let Some(slot) = self.relays.remove(channel) else {
+            return;
+        };
+        if self.links_up.contains(&slot.region) {
+            self.bridge_out.push(BridgeOut::Interest {
+                region: slot.region.clone(),
+                channel: channel.to_owned(),
+                from: None,
+                interested: false,
+            });
+        }
+        let not_master = || ChannelMsg::NotMaster {
+            channel: channel.to_owned(),
+        };
+        for node in slot.subscribers {
+            self.send(node, not_master());
+        }
+        for (node, _) in slot.waiting {
+            self.send(node, not_master());
+        }
+        for forwarded in slot.forwarded.into_values() {
+            self.send(forwarded.reply_to, not_master());
+        }
+        debug!(channel.name = channel, "stopped relaying");
+    }
+
+    /// Periodic relay work: declare unconfirmed interest again, refuse publishes held
+    /// too long, and stop relays nobody uses.
+    pub(super) fn tick_relays(&mut self) {
+        let Some(limits) = self.bridges.clone() else {
+            return;
+        };
+        let now = self.now_ms;
+        let channels: Vec<String> = self.relays.keys().cloned().collect();
+        for channel in channels {
+            let slot = self.relays.get_mut(&channel).expect("listed");
+            let expired: Vec<u64> = (slot.forwarded.iter())
+                .filter(|(_, f)| now - f.since_ms > limits.hold_ms)
+                .map(|(req, _)| *req)
+                .collect();
+            let error = AblyError::HomeUnreachable(slot.region.clone()).to_info();
+            let mut refusals = Vec::new();
+            for req in expired {
+                let forwarded = slot.forwarded.remove(&req).expect("listed");
+                let msg = ChannelMsg::Published {
+                    req: forwarded.req,
+                    result: Err(error.clone()),
+                };
+                refusals.push((forwarded.reply_to, msg));
+            }
+            let idle =
+                slot.subscribers.is_empty() && slot.waiting.is_empty() && slot.forwarded.is_empty();
+            let overdue = !slot.linked
+                && self.links_up.contains(&slot.region)
+                && slot
+                    .interest_sent_ms
+                    .is_none_or(|t| now - t >= INTEREST_RETRY_MS);
+            for (to, msg) in refusals {
+                self.send(to, msg);
+            }
+            if idle {
+                self.stop_relay(&channel);
+            } else if overdue {
+                self.declare_interest(&channel);
+            }
+        }
+    }
+}
+
+/// A state that starts at `position` with nothing before it retained.
+fn starting_at(position: Position) -> Snapshot {
+    Snapshot {
+        last: position,
+        pruned: position,
+        ..Snapshot::default()
+    }
+}
+
+/// The MESSAGE frame local connections get for entries the home sequenced together.
+fn message_frame(channel: &str, entries: &[Entry]) -> ProtocolMessage {
+    let last = entries.last().map(|e| e.position).unwrap_or_default();
+    let first = entries.first().map(|e| &e.message);
+    ProtocolMessage {
+        channel_serial: Some(last.to_string()),
+        connection_id: first.and_then(|m| m.connection_id.clone()),
+        timestamp: first.and_then(|m| m.timestamp),
+        messages: Some(entries.iter().map(|e| e.message.clone()).collect()),
+        ..ProtocolMessage::for_channel(action::MESSAGE, channel)
+    }
+}

@@ -1,0 +1,145 @@
+//! Two regions bridged: each region's node accepts bridges, both share a 3-member
+//! global master group. A channel's home sequences it for both regions; the other
+//! region forwards its publishes there and relays what the home sequenced.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use reqwest::header::AUTHORIZATION;
+use serde_json::{json, Value};
+use starling_tests::client::is_action;
+use starling_tests::global::GlobalGroup;
+use starling_tests::rest;
+use starling_tests::{action, Client, Format, Node, NodeOptions};
+
+/// How long a bridge may take to come up (registration, dial, interest).
+const LINK_UP: Duration = Duration::from_secs(15);
+
+async fn bridged_node(group: &GlobalGroup, region: &str) -> Result<Node> {
+    let config = format!(
+        "[node]\nid = \"{region}-1\"\nregion = \"{region}\"\n\n[bridge]\nlisten = \"127.0.0.1:0\"\n\
+         retry_ms = 200\n\n{}",
+        group.node_config(region)?
+    );
+    Node::start_with(NodeOptions::default().config(config)).await
+}
+
+async fn publish_outcome(client: &mut Client, channel: &str, name: &str) -> Result<Value> {
+    let msg_serial = client.publish(channel, json!([{ "name": name }])).await?;
+    client
+        .recv_until(
+            |f| {
+                (is_action(f, action::ACK) || is_action(f, action::NACK))
+                    && f["msgSerial"] == msg_serial
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .with_context(|| format!("the answer to publishing {name} on {channel}"))
+}
+
+/// Attaches, retrying while the region cannot reach the channel's home yet.
+async fn attach_when_linked(client: &mut Client, channel: &str) -> Result<Value> {
+    let deadline = Instant::now() + LINK_UP;
+    loop {
+        let reply = client.attach_with(channel, json!({})).await;
+        match reply {
+            Ok(reply) if is_action(&reply, action::ATTACHED) => return Ok(reply),
+            Ok(reply) if Instant::now() > deadline => bail!("never attached: {reply}"),
+            Err(error) if Instant::now() > deadline => return Err(error),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn names(messages: &[Value]) -> Vec<String> {
+    let name = |m: &Value| m["name"].as_str().unwrap_or_default().to_owned();
+    messages.iter().map(name).collect()
+}
+
+#[tokio::test]
+async fn publishers_in_both_regions_reach_subscribers_in_both_in_one_order() -> Result<()> {
+    let group = GlobalGroup::start(3).await?;
+    let eu = bridged_node(&group, "eu").await?;
+    let us = bridged_node(&group, "us").await?;
+
+    eprintln!("phase: eu uses the channel first and becomes its home");
+    let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
+    let first = publish_outcome(&mut eu_pub, "shared", "eu-0").await?;
+    ensure!(is_action(&first, action::ACK), "eu publish: {first}");
+
+    eprintln!("phase: subscribers attach in both regions");
+    let mut eu_sub = Client::connect(&eu, "", Format::Json).await?;
+    eu_sub.attach("shared").await?;
+    let mut us_sub = Client::connect(&us, "", Format::Msgpack).await?;
+    attach_when_linked(&mut us_sub, "shared").await?;
+
+    eprintln!("phase: both regions publish, interleaved, each waiting for its ACKs");
+    let mut us_pub = Client::connect(&us, "", Format::Json).await?;
+    let per_region = 20;
+    for i in 0..per_region {
+        let eu_ack = publish_outcome(&mut eu_pub, "shared", &format!("eu-{}", i + 1)).await?;
+        ensure!(is_action(&eu_ack, action::ACK), "eu publish {i}: {eu_ack}");
+        let us_ack = publish_outcome(&mut us_pub, "shared", &format!("us-{i}")).await?;
+        ensure!(is_action(&us_ack, action::ACK), "us publish {i}: {us_ack}");
+    }
+
+    let total = 2 * per_region;
+    let seen_eu = eu_sub.collect_messages("shared", total).await?;
+    let seen_us = us_sub.collect_messages("shared", total).await?;
+    ensure!(
+        names(&seen_eu) == names(&seen_us),
+        "the regions saw different orders:\n eu {:?}\n us {:?}",
+        names(&seen_eu),
+        names(&seen_us)
+    );
+    let serials = |seen: &[Value]| -> Vec<String> {
+        seen.iter()
+            .map(|m| m["serial"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    ensure!(
+        serials(&seen_eu) == serials(&seen_us),
+        "serials differ between regions"
+    );
+    let mut sorted = serials(&seen_us);
+    sorted.sort();
+    ensure!(sorted == serials(&seen_us), "serials out of order");
+    for region in ["eu", "us"] {
+        let own: Vec<String> = names(&seen_us)
+            .into_iter()
+            .filter(|n| n.starts_with(region))
+            .collect();
+        let start = if region == "eu" { 1 } else { 0 };
+        let wanted: Vec<String> = (start..start + per_region)
+            .map(|i| format!("{region}-{i}"))
+            .collect();
+        ensure!(
+            own == wanted,
+            "{region}'s messages out of publish order: {own:?}"
+        );
+    }
+
+    eprintln!("phase: REST history in us (from what it relayed) agrees with eu's");
+    let history = |node: &Node| {
+        let url = node.url("/channels/shared/messages?direction=forwards&limit=100");
+        let key = node.key().to_owned();
+        async move {
+            let body: Value = rest::http()
+                .get(url)
+                .header(AUTHORIZATION, rest::basic(&key))
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(body.as_array().cloned().unwrap_or_default())
+        }
+    };
+    let eu_history = names(&history(&eu).await?);
+    let us_history = names(&history(&us).await?);
+    ensure!(
+        eu_history.ends_with(&us_history) && us_history.len() >= total,
+        "history differs:\n eu {eu_history:?}\n us {us_history:?}"
+    );
+    Ok(())
+}
