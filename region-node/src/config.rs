@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 
 const ENV_PREFIX: &str = "STARLING_";
 
+/// `STARLING_*` variables that steer the process rather than name a configuration key:
+/// `STARLING_EXIT_WITH_PARENT` (set by `region-node dev`) stops a node once its
+/// launcher is gone.
+const PROCESS_VARIABLES: &[&str] = &["STARLING_EXIT_WITH_PARENT"];
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -40,6 +45,9 @@ pub struct BridgeConfig {
     /// node neither accepts nor dials bridges, and channels homed in other regions
     /// are refused (50001).
     pub listen: Option<SocketAddr>,
+    /// The address other regions are told to dial (`host:port`), when it is not the
+    /// listen address: a load balancer or proxy in front of the node.
+    pub advertise: Option<String>,
     /// Publishes held per channel while its home region is unreachable; more are
     /// refused at once.
     pub max_held: usize,
@@ -53,6 +61,7 @@ impl Default for BridgeConfig {
     fn default() -> Self {
         Self {
             listen: None,
+            advertise: None,
             max_held: 1_000,
             hold_ms: 10_000,
             retry_ms: 500,
@@ -389,6 +398,9 @@ fn split_env(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        if PROCESS_VARIABLES.contains(&name.as_str()) {
+            continue;
+        }
         let path = rest.to_ascii_lowercase().replace("__", ".");
         match keys.iter().find(|(key, _)| *key == path) {
             Some((_, textual)) => known.push((path, value.clone(), *textual)),

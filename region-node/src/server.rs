@@ -119,10 +119,11 @@ fn bridge_link(
 /// Keeps the region's registered bridge addresses current: this node's and those of
 /// the live peers the mesh reports.
 fn spawn_bridge_registry(node: Arc<Node>, own: SocketAddr) {
+    let own = (node.config.bridge.advertise.clone()).unwrap_or_else(|| own.to_string());
     tokio::spawn(async move {
         let mut views = node.mesh.as_ref().map(|mesh| mesh.watch());
         loop {
-            let mut addrs: Vec<String> = vec![own.to_string()];
+            let mut addrs: Vec<String> = vec![own.clone()];
             if let Some(views) = &mut views {
                 let view = views.borrow_and_update().clone();
                 addrs.extend(

@@ -17,6 +17,7 @@
 pub mod client;
 pub mod global;
 pub mod node;
+pub mod proxy;
 pub mod rest;
 pub mod token;
 pub mod wire;

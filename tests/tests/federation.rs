@@ -16,9 +16,14 @@ use starling_tests::{action, Client, Format, Node, NodeOptions};
 const LINK_UP: Duration = Duration::from_secs(15);
 
 async fn bridged_node(group: &GlobalGroup, region: &str) -> Result<Node> {
+    bridged_node_with(group, region, "").await
+}
+
+/// A node of `region` with a bridge listener and `extra` lines in its `[bridge]`.
+async fn bridged_node_with(group: &GlobalGroup, region: &str, extra: &str) -> Result<Node> {
     let config = format!(
         "[node]\nid = \"{region}-1\"\nregion = \"{region}\"\n\n[bridge]\nlisten = \"127.0.0.1:0\"\n\
-         retry_ms = 200\n\n{}",
+         retry_ms = 200\n{extra}\n{}",
         group.node_config(region)?
     );
     Node::start_with(NodeOptions::default().config(config)).await
@@ -140,6 +145,141 @@ async fn publishers_in_both_regions_reach_subscribers_in_both_in_one_order() -> 
     ensure!(
         eu_history.ends_with(&us_history) && us_history.len() >= total,
         "history differs:\n eu {eu_history:?}\n us {us_history:?}"
+    );
+    Ok(())
+}
+
+/// A loopback port nobody listens on yet.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A node of `region` whose bridge other regions reach through `proxy` only.
+async fn node_behind(
+    group: &GlobalGroup,
+    region: &str,
+    port: u16,
+    proxy: &starling_tests::proxy::Proxy,
+    extra: &str,
+) -> Result<Node> {
+    let config = format!(
+        "[node]\nid = \"{region}-1\"\nregion = \"{region}\"\n\n[bridge]\nlisten = \"127.0.0.1:{port}\"\n\
+         advertise = \"{}\"\nretry_ms = 200\n{extra}\n{}",
+        proxy.addr(),
+        group.node_config(region)?
+    );
+    Node::start_with(NodeOptions::default().config(config)).await
+}
+
+#[tokio::test]
+async fn a_cut_link_holds_publishes_and_heals_without_loss_or_reordering() -> Result<()> {
+    let group = GlobalGroup::start(3).await?;
+    let port = free_port()?;
+    let proxy = starling_tests::proxy::Proxy::start(format!("127.0.0.1:{port}").parse()?).await?;
+    let eu = node_behind(&group, "eu", port, &proxy, "").await?;
+    let us = bridged_node(&group, "us").await?;
+
+    let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
+    let first = publish_outcome(&mut eu_pub, "linked", "eu-0").await?;
+    ensure!(is_action(&first, action::ACK), "eu publish: {first}");
+    let mut eu_sub = Client::connect(&eu, "", Format::Json).await?;
+    eu_sub.attach("linked").await?;
+    let mut us_sub = Client::connect(&us, "", Format::Msgpack).await?;
+    attach_when_linked(&mut us_sub, "linked").await?;
+    let mut us_pub = Client::connect(&us, "", Format::Json).await?;
+    let warm = publish_outcome(&mut us_pub, "linked", "us-0").await?;
+    ensure!(
+        is_action(&warm, action::ACK),
+        "us publish over the link: {warm}"
+    );
+
+    eprintln!("phase: the link is cut; both regions keep publishing");
+    proxy.cut();
+    let mut pending = Vec::new();
+    for i in 1..=5 {
+        pending.push(
+            us_pub
+                .publish("linked", json!([{ "name": format!("us-{i}") }]))
+                .await?,
+        );
+        let ack = publish_outcome(&mut eu_pub, "linked", &format!("eu-{i}")).await?;
+        ensure!(
+            is_action(&ack, action::ACK),
+            "the home stops acknowledging: {ack}"
+        );
+    }
+    // The cut lasts a few seconds: long enough for both sides to see the link gone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    eprintln!("phase: healed; held publishes are acknowledged and everything arrives once");
+    proxy.heal();
+    for msg_serial in pending {
+        let reply = us_pub
+            .recv_until(
+                |f| {
+                    (is_action(f, action::ACK) || is_action(f, action::NACK))
+                        && f["msgSerial"] == msg_serial
+                },
+                Duration::from_secs(20),
+            )
+            .await?;
+        ensure!(
+            is_action(&reply, action::ACK),
+            "a held publish was refused: {reply}"
+        );
+    }
+    let total = 12;
+    let seen_eu = names(&eu_sub.collect_messages("linked", total - 1).await?);
+    let seen_us = names(&us_sub.collect_messages("linked", total - 1).await?);
+    ensure!(
+        seen_eu == seen_us,
+        "orders differ:\n eu {seen_eu:?}\n us {seen_us:?}"
+    );
+    let mut unique = seen_us.clone();
+    unique.sort();
+    unique.dedup();
+    ensure!(unique.len() == seen_us.len(), "duplicates: {seen_us:?}");
+    for region in ["eu", "us"] {
+        let own: Vec<&String> = seen_us.iter().filter(|n| n.starts_with(region)).collect();
+        let mut sorted = own.clone();
+        sorted.sort();
+        ensure!(own == sorted, "{region} out of publish order: {own:?}");
+    }
+    ensure!(seen_us.len() == total - 1, "lost messages: {seen_us:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn publishes_held_past_the_bound_are_refused_with_a_clear_error() -> Result<()> {
+    let group = GlobalGroup::start(3).await?;
+    let port = free_port()?;
+    let proxy = starling_tests::proxy::Proxy::start(format!("127.0.0.1:{port}").parse()?).await?;
+    let eu = node_behind(&group, "eu", port, &proxy, "").await?;
+    let us = bridged_node_with(&group, "us", "hold_ms = 1500\n").await?;
+
+    let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
+    publish_outcome(&mut eu_pub, "bounded", "eu-0").await?;
+    let mut us_pub = Client::connect(&us, "", Format::Json).await?;
+    let deadline = Instant::now() + LINK_UP;
+    while !is_action(
+        &publish_outcome(&mut us_pub, "bounded", "warm").await?,
+        action::ACK,
+    ) {
+        ensure!(Instant::now() < deadline, "the link never came up");
+    }
+
+    proxy.cut();
+    let reply = publish_outcome(&mut us_pub, "bounded", "held").await?;
+    ensure!(
+        is_action(&reply, action::NACK) && reply["error"]["code"] == 50003,
+        "a publish held past the bound: {reply}"
+    );
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("eu"),
+        "the error names the unreachable home: {message}"
     );
     Ok(())
 }

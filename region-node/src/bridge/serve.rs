@@ -244,11 +244,13 @@ impl ServedLink {
             Err(error) => return self.send(Body::Ack(ack(Vec::new(), Some(&error)))),
         };
 
-        let region = self.node.region.clone();
+        // Handed to the region now, in the order the frames came: a publisher's
+        // messages keep their order. Only the wait for the outcome runs apart.
+        let outcome = self.node.region.publish(&key, publish);
         let numbering = self.numbering.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let outcome = region.publish(&key, publish).await;
+            let outcome = outcome.await;
             let body = match outcome {
                 Ok(Ok(serials)) => {
                     let positions = (serials.iter())

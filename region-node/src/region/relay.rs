@@ -234,6 +234,11 @@ impl RegionState {
         let bridge_req = self.next_req();
         let now = self.now_ms;
         let slot = self.relays.get_mut(channel).expect("checked by caller");
+        // A ChannelClient resends what stays unanswered; the first forward stands.
+        let repeat = (slot.forwarded.values()).any(|f| f.reply_to == from && f.req == req);
+        if repeat {
+            return;
+        }
         if slot.forwarded.len() >= limits.max_held {
             let error = AblyError::HomeUnreachable(slot.region.clone()).to_info();
             self.send(
