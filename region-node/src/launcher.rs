@@ -1,9 +1,16 @@
-//! `region-node dev`: a whole region on loopback from one command, for development
-//! and tests. It creates a throwaway cluster CA, runs a one-member global master in
-//! its own process (served to the nodes over mutual TLS), starts every node as a child process
-//! with its own configuration, puts a small TCP balancer in front of the region (the
-//! region's entry, standing in for an operator's load balancer), writes the describe
-//! file, and stops everything on Ctrl-C or SIGTERM. Nodes that die are not restarted.
+//! `region-node dev`: a whole federation on loopback from one command, for development
+//! and tests. It creates a throwaway cluster CA and starts the global master: one
+//! member runs in this process (served to the nodes over mutual TLS), several run as
+//! `global-master` child processes. Then, region by region, it starts every node as a
+//! child process with its own configuration (each region its own mesh, the regions
+//! linked by bridges), puts a small TCP balancer in front of each region (the region's
+//! entry, standing in for an operator's load balancer), writes the describe file, and
+//! stops everything on Ctrl-C or SIGTERM. Processes that die are not restarted.
+//!
+//! Children run in process groups of their own, so a Ctrl-C in the terminal reaches
+//! only the launcher, which then stops the nodes before the global master they may
+//! still use while draining. A child whose launcher dies stops by itself
+//! (`STARLING_EXIT_WITH_PARENT`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +18,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,27 +33,41 @@ use crate::describe::{
 use crate::tls;
 use starling_global::embedded::Embedded;
 
-/// How long a node may take to write its describe file and report healthy.
+/// How long a process may take to write its describe file and report healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a child may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_PERIOD: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(100);
+
+/// Set in every child's environment: the child stops once its launcher is gone.
+const EXIT_WITH_PARENT: &str = "STARLING_EXIT_WITH_PARENT";
+
+/// Raft timers of a global master group of processes: elections within a couple of
+/// seconds, yet no spurious ones on a loaded 2-core machine.
+const RAFT_TIMERS: &str = "heartbeat_ms = 100\nelection_timeout_min_ms = 600\n\
+                           election_timeout_max_ms = 1200\nrequest_timeout_ms = 3000\n";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// Regions to start, comma-separated. Only one region is supported until region
-    /// bridges exist.
+    /// Regions to start, comma-separated. Each gets its own mesh and entry; several
+    /// regions are linked by bridges.
     #[arg(long, default_value = "local", value_delimiter = ',')]
     pub regions: Vec<String>,
     /// Nodes per region.
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
-    /// Global master members. The launcher runs one itself, embedded and shared by
-    /// every node; only 1 (the default) is accepted for now.
+    /// Global master members: 1 runs inside the launcher, more run as `global-master`
+    /// processes (the binary beside this one). Default: 1 with one region, 3 with more.
     #[arg(long)]
     pub global_masters: Option<usize>,
-    /// First port to use (entry, then each node's client port); 0 lets the system pick.
+    /// First port of a fixed layout: each region's entry then its nodes' client ports,
+    /// region after region, then each global master process's raft and HTTP ports.
+    /// 0 lets the system pick every port.
     #[arg(long, default_value_t = 0)]
     pub base_port: u16,
-    /// Where the nodes keep their data; a fresh temporary folder by default.
+    /// Where the processes keep their data; a fresh temporary folder by default,
+    /// removed again when the launcher stops cleanly.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Write the describe file here once every process is ready.
@@ -57,111 +78,265 @@ pub struct DevArgs {
     pub failure_timeout_ms: u64,
 }
 
-struct Started {
-    child: Child,
-    described: DescribedNode,
+/// What to start, validated.
+struct Plan {
+    regions: Vec<String>,
+    nodes: usize,
+    global_masters: usize,
+    base_port: u16,
+    failure_timeout_ms: u64,
+}
+
+impl Plan {
+    fn new(args: &DevArgs) -> anyhow::Result<Self> {
+        let regions = args.regions.clone();
+        ensure!(!regions.is_empty(), "--regions names no region");
+        for (i, name) in regions.iter().enumerate() {
+            // Region names become node ids, certificate names and folder names.
+            let valid = name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            ensure!(
+                !name.is_empty() && valid,
+                "region name {name:?} must be letters, digits, '-' or '_'"
+            );
+            ensure!(
+                !regions[..i].contains(name),
+                "region {name:?} is listed twice"
+            );
+        }
+        ensure!(args.nodes >= 1, "--nodes must be at least 1");
+        let default_masters = if regions.len() == 1 { 1 } else { 3 };
+        let global_masters = args.global_masters.unwrap_or(default_masters);
+        ensure!(global_masters >= 1, "--global-masters must be at least 1");
+
+        let plan = Self {
+            regions,
+            nodes: args.nodes,
+            global_masters,
+            base_port: args.base_port,
+            failure_timeout_ms: args.failure_timeout_ms,
+        };
+        let last = usize::from(plan.base_port) + plan.ports_used();
+        ensure!(
+            plan.base_port == 0 || last <= usize::from(u16::MAX) + 1,
+            "--base-port {} leaves no room for the {} ports of this layout",
+            plan.base_port,
+            plan.ports_used()
+        );
+        Ok(plan)
+    }
+
+    /// Whether the global master runs as processes rather than inside the launcher.
+    fn global_processes(&self) -> bool {
+        self.global_masters > 1
+    }
+
+    fn ports_used(&self) -> usize {
+        let masters = if self.global_processes() {
+            2 * self.global_masters
+        } else {
+            0
+        };
+        self.regions.len() * (self.nodes + 1) + masters
+    }
+
+    /// The port at `offset` in the `--base-port` layout, or 0 without one.
+    fn port(&self, offset: usize) -> u16 {
+        if self.base_port == 0 {
+            return 0;
+        }
+        // Plan::new checked that the whole layout fits below 65536.
+        u16::try_from(usize::from(self.base_port) + offset).expect("layout checked")
+    }
+
+    fn entry_port(&self, region: usize) -> u16 {
+        self.port(region * (self.nodes + 1))
+    }
+
+    /// Client port of the `index`th node (1-based) of the `region`th region.
+    fn client_port(&self, region: usize, index: usize) -> u16 {
+        self.port(region * (self.nodes + 1) + index)
+    }
+
+    /// Raft and HTTP port of the `member`th global master process (0-based).
+    fn global_ports(&self, member: usize) -> (u16, u16) {
+        let first = self.regions.len() * (self.nodes + 1) + 2 * member;
+        (self.port(first), self.port(first + 1))
+    }
+}
+
+/// The launcher's data folder.
+struct Root {
+    path: PathBuf,
+    /// The launcher made it (no `--data-dir`): a clean stop removes it.
+    temporary: bool,
+}
+
+impl Root {
+    fn open(data_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let (path, temporary) = match data_dir {
+            Some(dir) => (dir.to_owned(), false),
+            None => {
+                let dir = tempfile::Builder::new().prefix("starling-dev-").tempdir()?;
+                (dir.keep(), true)
+            }
+        };
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        // Children get absolute paths, whatever directory they are restarted from.
+        let path = std::fs::canonicalize(&path)?;
+        Ok(Self { path, temporary })
+    }
+
+    fn remove_if_temporary(&self) {
+        if !self.temporary {
+            return;
+        }
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            warn!(dir = %self.path.display(), "could not remove the data folder: {error}");
+        }
+    }
+}
+
+/// Everything the launcher started. A child is recorded as soon as it is spawned, so
+/// a failed start or an early Ctrl-C stops what was already running.
+#[derive(Default)]
+struct Fleet {
+    /// The in-process member of a one-member global master.
+    embedded: Option<Embedded>,
+    /// `global-master` processes.
+    masters: Vec<Child>,
+    nodes: Vec<Child>,
+}
+
+impl Fleet {
+    /// Stops the nodes, then the global master: a draining node may still use it.
+    async fn stop(&mut self) {
+        stop_children(&mut self.nodes).await;
+        stop_children(&mut self.masters).await;
+        if let Some(embedded) = self.embedded.take() {
+            embedded.shutdown().await;
+        }
+    }
 }
 
 pub async fn run(
     args: DevArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    if args.regions.len() != 1 {
-        bail!(
-            "only one region can be started until region bridges exist (got {:?})",
-            args.regions
-        );
-    }
-    if args.global_masters.is_some_and(|m| m != 1) {
-        bail!("the dev launcher runs one embedded global master; --global-masters must be 1");
-    }
-    if args.nodes == 0 {
-        bail!("--nodes must be at least 1");
-    }
-    let region = args.regions[0].clone();
-    let root = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => tempfile::Builder::new()
-            .prefix("starling-dev-")
-            .tempdir()?
-            .keep(),
-    };
-    std::fs::create_dir_all(&root)?;
+    let plan = Plan::new(&args)?;
+    let root = Root::open(args.data_dir.as_deref())?;
+    let shared = Shared::create(&root.path)?;
 
-    let shared = Shared::create(&root)?;
-    let (global, global_addr) = start_global_master(&root, &shared).await?;
-    let mut nodes: Vec<Started> = Vec::new();
-    let mut seed: Option<SocketAddr> = None;
-    for index in 1..=args.nodes {
-        let port = |offset: usize| {
-            if args.base_port == 0 {
-                0
-            } else {
-                args.base_port + offset as u16
+    let mut fleet = Fleet::default();
+    // Polled from the start, so the signal handlers are in place before any child is.
+    tokio::pin!(shutdown);
+    let started = tokio::select! {
+        started = start(&plan, &root.path, &shared, &mut fleet) => Some(started),
+        () = &mut shutdown => None,
+    };
+    match started {
+        Some(Ok(describe)) => {
+            let written = match &args.describe {
+                Some(path) => crate::describe::write(path, &describe)
+                    .with_context(|| format!("writing {}", path.display())),
+                None => Ok(()),
+            };
+            if let Err(error) = written {
+                fleet.stop().await;
+                return Err(error);
             }
-        };
-        let spec = NodeSpec {
-            index,
-            region: &region,
-            client_port: port(index),
-            seed,
-        };
-        let started =
-            start_node(&root, &shared, &spec, global_addr, args.failure_timeout_ms).await?;
-        seed = seed.or(started
-            .described
-            .mesh
-            .as_deref()
-            .and_then(|m| m.parse().ok()));
-        nodes.push(started);
+            print_summary(&describe, &root.path);
+            shutdown.await;
+        }
+        Some(Err(error)) => {
+            fleet.stop().await;
+            return Err(error.context(format!("logs are in {}", root.path.display())));
+        }
+        None => info!("stopped before every process had started"),
     }
 
-    let clients: Vec<SocketAddr> = nodes
-        .iter()
-        .map(|n| n.described.client.parse())
-        .collect::<Result<_, _>>()?;
-    for addr in &clients {
-        wait_healthy(*addr).await?;
-    }
-    let entry = TcpListener::bind(("127.0.0.1", args.base_port)).await?;
-    let entry_addr = entry.local_addr()?;
-    tokio::spawn(balance(entry, clients));
-
-    let describe = Describe {
-        admin_token: shared.admin_token.clone(),
-        apps: vec![shared.app_description()],
-        global_masters: vec![DescribedGlobalMaster {
-            id: "embedded".into(),
-            pid: std::process::id(),
-            raft: Some(global_addr.to_string()),
-            http: None,
-            argv: std::env::args().collect(),
-        }],
-        regions: vec![DescribedRegion {
-            name: region.clone(),
-            entry: entry_addr.to_string(),
-            nodes: nodes.iter().map(|n| n.described.clone()).collect(),
-        }],
-    };
-    if let Some(path) = &args.describe {
-        crate::describe::write(path, &describe)?;
-    }
-    print_summary(&describe, &root);
-
-    shutdown.await;
-    info!("stopping the region");
-    stop(nodes).await;
-    global.shutdown().await;
+    info!("stopping every process");
+    fleet.stop().await;
+    root.remove_if_temporary();
     Ok(())
 }
 
-/// The region's control plane: a one-member global master in this process, served to
-/// the nodes over mutual TLS under the dev CA, so an app created through any node's
-/// admin API works on every node.
-async fn start_global_master(
+/// Starts the global master, then every region; returns what the describe file says.
+async fn start(
+    plan: &Plan,
     root: &Path,
     shared: &Shared,
-) -> anyhow::Result<(Embedded, SocketAddr)> {
+    fleet: &mut Fleet,
+) -> anyhow::Result<Describe> {
+    let global_masters = if plan.global_processes() {
+        start_global_processes(plan, root, shared, &mut fleet.masters).await?
+    } else {
+        let (embedded, described) = start_embedded_global(root, shared).await?;
+        fleet.embedded = Some(embedded);
+        vec![described]
+    };
+    let members: Vec<String> = global_masters
+        .iter()
+        .filter_map(|m| m.raft.clone())
+        .collect();
+
+    let mut regions = Vec::new();
+    for (index, name) in plan.regions.iter().enumerate() {
+        let region = RegionSpec {
+            index,
+            name,
+            members: &members,
+            bridges: plan.regions.len() > 1,
+        };
+        let nodes = start_region(plan, root, shared, &region, &mut fleet.nodes).await?;
+        regions.push((index, name, nodes));
+    }
+
+    // Every node is healthy (mesh joined, global master reached) before any entry
+    // accepts clients, and every member is before the describe file claims readiness.
+    let mut described_regions = Vec::new();
+    for (index, name, nodes) in regions {
+        let clients: Vec<SocketAddr> = nodes
+            .iter()
+            .map(|n| n.client.parse())
+            .collect::<Result<_, _>>()?;
+        for (node, addr) in nodes.iter().zip(&clients) {
+            wait_healthy(&node.id, *addr).await?;
+        }
+        let entry = TcpListener::bind(("127.0.0.1", plan.entry_port(index)))
+            .await
+            .with_context(|| format!("binding the entry of region {name}"))?;
+        let entry_addr = entry.local_addr()?;
+        tokio::spawn(balance(entry, clients));
+        described_regions.push(DescribedRegion {
+            name: name.clone(),
+            entry: entry_addr.to_string(),
+            nodes,
+        });
+    }
+    if plan.global_processes() {
+        for member in &global_masters {
+            let http = member.http.as_deref().unwrap_or_default().parse()?;
+            wait_healthy(&member.id, http).await?;
+        }
+    }
+
+    Ok(Describe {
+        admin_token: shared.admin_token.clone(),
+        apps: vec![shared.app_description()],
+        global_masters,
+        regions: described_regions,
+    })
+}
+
+/// A one-member global master in this process, served to the nodes over mutual TLS
+/// under the dev CA, so an app created through any node's admin API works on every
+/// node.
+async fn start_embedded_global(
+    root: &Path,
+    shared: &Shared,
+) -> anyhow::Result<(Embedded, DescribedGlobalMaster)> {
     let files = tls::issue(&shared.ca_dir, "global-master", &root.join("global-master"))?;
     let files = starling_proto::tls::TlsFiles {
         ca_cert: files.ca_cert,
@@ -173,10 +348,166 @@ async fn start_global_master(
         .serve_control(SocketAddr::from(([127, 0, 0, 1], 0)), &files)
         .await?;
     info!(%addr, "global master serving");
-    Ok((global, addr))
+    let described = DescribedGlobalMaster {
+        id: "embedded".into(),
+        pid: std::process::id(),
+        raft: Some(addr.to_string()),
+        http: None,
+        argv: std::env::args().collect(),
+    };
+    Ok((global, described))
 }
 
-/// What every node of the dev region shares: CA, admin token, cluster secret, app.
+/// Starts `global-master` processes `gm-1` … `gm-M`, each with its own folder,
+/// certificate and configuration, and waits until one of them reports ready.
+async fn start_global_processes(
+    plan: &Plan,
+    root: &Path,
+    shared: &Shared,
+    children: &mut Vec<Child>,
+) -> anyhow::Result<Vec<DescribedGlobalMaster>> {
+    let exe = std::env::current_exe()?.with_file_name("global-master");
+    ensure!(
+        exe.exists(),
+        "{} not found: {} global masters run as global-master processes, which must sit \
+         beside region-node (cargo build --workspace builds both)",
+        exe.display(),
+        plan.global_masters
+    );
+    let addrs = global_addrs(plan)?;
+
+    let mut described = Vec::new();
+    for (index, (raft, http)) in addrs.iter().enumerate() {
+        let id = index + 1;
+        let name = format!("gm-{id}");
+        let dir = root.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let files = tls::issue(&shared.ca_dir, &name, &dir)?;
+        let config_path = dir.join("config.toml");
+        atomic_write(
+            &config_path,
+            global_config(id, &dir, &addrs, &files).as_bytes(),
+        )?;
+
+        let argv = vec![
+            exe.display().to_string(),
+            "--config".into(),
+            config_path.display().to_string(),
+        ];
+        let log = dir.join("global-master.log");
+        let child = spawn(&argv, &log).with_context(|| format!("starting {name}"))?;
+        described.push(DescribedGlobalMaster {
+            id: name,
+            pid: child.id().context("a just-spawned child has a pid")?,
+            raft: Some(raft.to_string()),
+            http: Some(http.to_string()),
+            argv,
+        });
+        children.push(child);
+    }
+
+    wait_global_ready(&described, children).await?;
+    Ok(described)
+}
+
+/// Every member's raft and HTTP address. The members must know each other's before
+/// any starts, so without `--base-port` the ports are ones the system just handed out
+/// and this launcher released again; another process could take one in between, which
+/// on a development machine is rare enough to accept (the member then fails to start
+/// and says so in its log).
+fn global_addrs(plan: &Plan) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    if plan.base_port != 0 {
+        return Ok((0..plan.global_masters)
+            .map(|m| plan.global_ports(m))
+            .map(|(raft, http)| (loopback(raft), loopback(http)))
+            .collect());
+    }
+    // All bound at once, so they differ.
+    let held = (0..2 * plan.global_masters)
+        .map(|_| std::net::TcpListener::bind(loopback(0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let ports = held
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(ports.chunks(2).map(|p| (p[0], p[1])).collect())
+}
+
+fn global_config(
+    id: usize,
+    dir: &Path,
+    addrs: &[(SocketAddr, SocketAddr)],
+    files: &tls::TlsFiles,
+) -> String {
+    let (raft, http) = addrs[id - 1];
+    let members: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (raft, http))| {
+            format!(
+                "  {{ id = {}, raft_addr = \"{raft}\", http_addr = \"{http}\" }},",
+                i + 1
+            )
+        })
+        .collect();
+    format!(
+        r#"[member]
+id = {id}
+data_dir = "{data}"
+
+[listen]
+raft = "{raft}"
+http = "{http}"
+
+[cluster]
+members = [
+{members}
+]
+{RAFT_TIMERS}
+[tls]
+ca_cert = "{ca}"
+cert = "{cert}"
+key = "{key}"
+"#,
+        data = dir.join("data").display(),
+        members = members.join("\n"),
+        ca = files.ca_cert.display(),
+        cert = files.cert.display(),
+        key = files.key.display(),
+    )
+}
+
+/// Waits until some member of the group reports ready (it is a voter and knows the
+/// leader), failing early if a member exits.
+async fn wait_global_ready(
+    members: &[DescribedGlobalMaster],
+    children: &mut [Child],
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        for (member, child) in members.iter().zip(children.iter_mut()) {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "global master {} exited ({status}) while starting",
+                    member.id
+                );
+            }
+            let http = member.http.as_deref().unwrap_or_default().parse()?;
+            if healthy(http).await {
+                info!(member = %member.id, "global master ready");
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no global master member was ready after {START_TIMEOUT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What every process of the dev federation shares: CA, admin token, cluster
+/// secret, app.
 struct Shared {
     ca_dir: PathBuf,
     admin_token: String,
@@ -222,54 +553,83 @@ impl Shared {
     }
 }
 
-struct NodeSpec<'a> {
+struct RegionSpec<'a> {
     index: usize,
-    region: &'a str,
+    name: &'a str,
+    /// The global master's raft addresses.
+    members: &'a [String],
+    /// Whether the nodes accept bridges from other regions.
+    bridges: bool,
+}
+
+struct NodeSpec<'a> {
+    region: &'a RegionSpec<'a>,
+    /// 1-based within the region: the node's id is `<region>-<index>`.
+    index: usize,
     client_port: u16,
     seed: Option<SocketAddr>,
+}
+
+/// Starts the region's nodes one by one, each seeded with the first one's mesh
+/// address, so the region forms one mesh of its own.
+async fn start_region(
+    plan: &Plan,
+    root: &Path,
+    shared: &Shared,
+    region: &RegionSpec<'_>,
+    children: &mut Vec<Child>,
+) -> anyhow::Result<Vec<DescribedNode>> {
+    let mut nodes: Vec<DescribedNode> = Vec::new();
+    let mut seed: Option<SocketAddr> = None;
+    for index in 1..=plan.nodes {
+        let spec = NodeSpec {
+            region,
+            index,
+            client_port: plan.client_port(region.index, index),
+            seed,
+        };
+        let node = start_node(root, shared, &spec, plan.failure_timeout_ms, children).await?;
+        seed = seed.or(node.mesh.as_deref().and_then(|m| m.parse().ok()));
+        nodes.push(node);
+    }
+    Ok(nodes)
 }
 
 async fn start_node(
     root: &Path,
     shared: &Shared,
     spec: &NodeSpec<'_>,
-    global: SocketAddr,
     failure_timeout_ms: u64,
-) -> anyhow::Result<Started> {
-    let id = format!("{}-{}", spec.region, spec.index);
+    children: &mut Vec<Child>,
+) -> anyhow::Result<DescribedNode> {
+    let id = format!("{}-{}", spec.region.name, spec.index);
     let dir = root.join(&id);
     std::fs::create_dir_all(&dir)?;
     let files = tls::issue(&shared.ca_dir, &id, &dir)?;
-    let config = node_config(shared, spec, &id, &dir, &files, global, failure_timeout_ms);
+    let config = node_config(shared, spec, &id, &dir, &files, failure_timeout_ms);
     let config_path = dir.join("config.toml");
     atomic_write(&config_path, config.as_bytes())?;
 
     let describe = dir.join("describe.json");
     let _ = std::fs::remove_file(&describe);
-    let exe = std::env::current_exe()?;
     let argv: Vec<String> = vec![
-        exe.display().to_string(),
+        std::env::current_exe()?.display().to_string(),
         "--config".into(),
         config_path.display().to_string(),
         "--describe".into(),
         describe.display().to_string(),
     ];
-    let log = std::fs::File::create(dir.join("node.log"))?;
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .env("STARLING_EXIT_WITH_PARENT", "1")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {id}"))?;
+    let log = dir.join("node.log");
+    let child = spawn(&argv, &log).with_context(|| format!("starting {id}"))?;
+    children.push(child);
+    let child = children.last_mut().expect("pushed just above");
 
-    let mut described = wait_described(&describe)
+    let mut described = wait_described(&describe, child)
         .await
-        .with_context(|| format!("{id} did not start; see {}", dir.join("node.log").display()))?;
+        .with_context(|| format!("{id} did not start; see {}", log.display()))?;
     described.argv = argv;
     info!(node.id = %id, client = %described.client, "node started");
-    Ok(Started { child, described })
+    Ok(described)
 }
 
 fn node_config(
@@ -278,10 +638,20 @@ fn node_config(
     id: &str,
     dir: &Path,
     files: &tls::TlsFiles,
-    global: SocketAddr,
     failure_timeout_ms: u64,
 ) -> String {
     let seeds = spec.seed.map(|s| format!("\"{s}\"")).unwrap_or_default();
+    let members: Vec<String> = spec
+        .region
+        .members
+        .iter()
+        .map(|m| format!("\"{m}\""))
+        .collect();
+    let bridge = if spec.region.bridges {
+        "\n[bridge]\nlisten = \"127.0.0.1:0\"\n"
+    } else {
+        ""
+    };
     let key = &shared.app.keys[0];
     let keepalive = (failure_timeout_ms / 4).max(50);
     format!(
@@ -311,8 +681,8 @@ token = "{token}"
 loopback_without_token = true
 
 [global]
-members = ["{global}"]
-
+members = [{members}]
+{bridge}
 [[apps]]
 id = "{app}"
 
@@ -321,7 +691,7 @@ id = "{key_id}"
 secret = "{key_secret}"
 capability = '{capability}'
 "#,
-        region = spec.region,
+        region = spec.region.name,
         data = dir.join("data").display(),
         secret = shared.cluster_secret,
         port = spec.client_port,
@@ -329,6 +699,7 @@ capability = '{capability}'
         cert = files.cert.display(),
         key_file = files.key.display(),
         token = shared.admin_token,
+        members = members.join(", "),
         app = shared.app.id,
         key_id = key.id,
         key_secret = key.secret,
@@ -336,13 +707,55 @@ capability = '{capability}'
     )
 }
 
-async fn wait_described(path: &Path) -> anyhow::Result<DescribedNode> {
+/// Spawns a child in a process group of its own, logging to `log`, told to stop once
+/// this launcher is gone.
+fn spawn(argv: &[String], log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env(EXIT_WITH_PARENT, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok(child)
+}
+
+/// SIGTERMs every child (a node leaves its mesh on purpose, a member steps down), then
+/// waits for them together, killing any that outlive [`STOP_TIMEOUT`].
+async fn stop_children(children: &mut Vec<Child>) {
+    for child in children.iter() {
+        if let Some(pid) = child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    let waits = children.iter_mut().map(|child| async move {
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
+            warn!(pid = ?child.id(), "child did not stop in {STOP_TIMEOUT:?}; killing it");
+            let _ = child.kill().await;
+        }
+    });
+    futures_util::future::join_all(waits).await;
+    children.clear();
+}
+
+/// Waits for a node's own describe file, failing early if the node exits.
+async fn wait_described(path: &Path, child: &mut Child) -> anyhow::Result<DescribedNode> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(bytes) = std::fs::read(path) {
             let describe: serde_json::Value = serde_json::from_slice(&bytes)?;
             let node = describe["regions"][0]["nodes"][0].clone();
             return Ok(serde_json::from_value(node)?);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("exited ({status}) before writing {}", path.display());
         }
         if tokio::time::Instant::now() > deadline {
             bail!(
@@ -354,18 +767,19 @@ async fn wait_described(path: &Path) -> anyhow::Result<DescribedNode> {
     }
 }
 
-async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
+async fn wait_healthy(name: &str, addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     while !healthy(addr).await {
         if tokio::time::Instant::now() > deadline {
-            bail!("node at {addr} did not become healthy in {START_TIMEOUT:?}");
+            bail!("{name} at {addr} did not become healthy in {START_TIMEOUT:?}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
     Ok(())
 }
 
-/// Asks a node's `/health` with a bare HTTP/1.0 request: the balancer needs no more.
+/// Asks a process's `/health` with a bare HTTP/1.0 request: the balancer needs no
+/// more.
 async fn healthy(addr: SocketAddr) -> bool {
     let probe = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
@@ -384,8 +798,8 @@ async fn healthy(addr: SocketAddr) -> bool {
         .unwrap_or(false)
 }
 
-/// The region's entry: accepts client connections and splices each to a healthy
-/// node, round robin.
+/// A region's entry: accepts client connections and splices each to a healthy
+/// node of the region, round robin.
 async fn balance(entry: TcpListener, nodes: Vec<SocketAddr>) {
     let healthy_nodes = Arc::new(Mutex::new(nodes.clone()));
     tokio::spawn(watch_health(nodes, healthy_nodes.clone()));
@@ -427,40 +841,49 @@ async fn splice(mut client: TcpStream, target: SocketAddr) {
 }
 
 fn print_summary(describe: &Describe, root: &Path) {
-    let region = &describe.regions[0];
     let key = &describe.apps[0].keys[0].key;
+    let names: Vec<&str> = describe.regions.iter().map(|r| r.name.as_str()).collect();
+    let nodes = describe.regions[0].nodes.len();
     println!(
-        "Starling dev region {} with {} nodes (data in {})",
-        region.name,
-        region.nodes.len(),
+        "Starling dev: {} ({}) of {} each, a global master of {} (data in {})",
+        plural(names.len(), "region"),
+        names.join(", "),
+        plural(nodes, "node"),
+        plural(describe.global_masters.len(), "member"),
         root.display()
     );
-    println!("entry (connect clients here): {}", region.entry);
-    for node in &region.nodes {
+    for region in &describe.regions {
         println!(
-            "  {}: client {} mesh {}",
-            node.id,
-            node.client,
-            node.mesh.as_deref().unwrap_or("-")
+            "region {}: entry (connect clients here): {}",
+            region.name, region.entry
+        );
+        for node in &region.nodes {
+            println!(
+                "  {}: client {} mesh {} bridge {}",
+                node.id,
+                node.client,
+                node.mesh.as_deref().unwrap_or("-"),
+                node.bridge.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    for member in &describe.global_masters {
+        println!(
+            "global master {}: raft {} http {}",
+            member.id,
+            member.raft.as_deref().unwrap_or("-"),
+            member.http.as_deref().unwrap_or("-")
         );
     }
     println!("API key: {key}");
     println!("admin token: {}", describe.admin_token);
-    println!("Ctrl-C stops every node.");
+    println!("Ctrl-C stops every process.");
 }
 
-async fn stop(nodes: Vec<Started>) {
-    for mut node in nodes {
-        if let Some(pid) = node.child.id() {
-            // SIGTERM lets the node leave the mesh on purpose.
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(5), node.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = node.child.kill().await;
-        }
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }

@@ -46,7 +46,8 @@ enum Cmd {
     /// Manage the cluster certificate authority.
     #[command(subcommand)]
     Ca(CaCmd),
-    /// Start a whole region of nodes on loopback, with an entry balancer.
+    /// Start a local federation on loopback: regions of nodes, each behind an entry
+    /// balancer, and their global master.
     Dev(launcher::DevArgs),
 }
 
