@@ -358,6 +358,10 @@ fn split_env(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        // Read by the process itself, not configuration (see `main.rs`).
+        if name == "STARLING_EXIT_WITH_PARENT" {
+            continue;
+        }
         let path = rest.to_ascii_lowercase().replace("__", ".");
         match keys.iter().find(|(key, _)| *key == path) {
             Some((_, textual)) => known.push((path, value.clone(), *textual)),

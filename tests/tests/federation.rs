@@ -126,26 +126,85 @@ async fn publishers_in_both_regions_reach_subscribers_in_both_in_one_order() -> 
     }
 
     eprintln!("phase: REST history in us (from what it relayed) agrees with eu's");
-    let history = |node: &Node| {
-        let url = node.url("/channels/shared/messages?direction=forwards&limit=100");
-        let key = node.key().to_owned();
-        async move {
-            let body: Value = rest::http()
-                .get(url)
-                .header(AUTHORIZATION, rest::basic(&key))
-                .send()
-                .await?
-                .json()
-                .await?;
-            anyhow::Ok(body.as_array().cloned().unwrap_or_default())
-        }
-    };
-    let eu_history = names(&history(&eu).await?);
-    let us_history = names(&history(&us).await?);
+    let eu_history = names(&history(&eu, "shared").await?);
+    let us_history = names(&history(&us, "shared").await?);
     ensure!(
-        eu_history.ends_with(&us_history) && us_history.len() >= total,
+        eu_history == us_history && us_history.len() == total + 1,
         "history differs:\n eu {eu_history:?}\n us {us_history:?}"
     );
+
+    eprintln!("phase: history in us of a channel nobody there attached to comes from eu");
+    for i in 0..3 {
+        publish_outcome(&mut eu_pub, "cold", &format!("cold-{i}")).await?;
+    }
+    let cold = names(&history(&us, "cold").await?);
+    ensure!(
+        cold == ["cold-0", "cold-1", "cold-2"],
+        "us history of cold: {cold:?}"
+    );
+    Ok(())
+}
+
+/// REST history of `channel` through `node`, oldest first.
+async fn history(node: &Node, channel: &str) -> Result<Vec<Value>> {
+    let url = node.url(&format!(
+        "/channels/{channel}/messages?direction=forwards&limit=100"
+    ));
+    let body: Value = rest::http()
+        .get(url)
+        .header(AUTHORIZATION, rest::basic(node.key()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(body.as_array().cloned().unwrap_or_default())
+}
+
+#[tokio::test]
+async fn three_regions_deliver_each_message_to_each_subscriber_once() -> Result<()> {
+    let group = GlobalGroup::start(3).await?;
+    let mut nodes = Vec::new();
+    for region in ["eu", "us", "ap"] {
+        nodes.push(bridged_node(&group, region).await?);
+    }
+    let mut home_pub = Client::connect(&nodes[0], "", Format::Msgpack).await?;
+    publish_outcome(&mut home_pub, "trio", "eu-0").await?;
+
+    let mut subs = Vec::new();
+    for node in &nodes {
+        let mut sub = Client::connect(node, "", Format::Json).await?;
+        attach_when_linked(&mut sub, "trio").await?;
+        subs.push(sub);
+    }
+    let mut pubs = Vec::new();
+    for node in &nodes {
+        pubs.push(Client::connect(node, "", Format::Msgpack).await?);
+    }
+    for round in 0..5 {
+        for (publisher, region) in pubs.iter_mut().zip(["eu", "us", "ap"]) {
+            let name = format!("{region}-{}", round + 1);
+            let ack = publish_outcome(publisher, "trio", &name).await?;
+            ensure!(is_action(&ack, action::ACK), "{name}: {ack}");
+        }
+    }
+    let mut orders = Vec::new();
+    for sub in &mut subs {
+        orders.push(names(&sub.collect_messages("trio", 15).await?));
+    }
+    ensure!(
+        orders[0] == orders[1] && orders[1] == orders[2],
+        "orders differ: {orders:?}"
+    );
+    let mut unique = orders[0].clone();
+    unique.sort();
+    unique.dedup();
+    ensure!(unique.len() == 15, "duplicates or losses: {:?}", orders[0]);
+    // Nothing more arrives: each message reached each subscriber once.
+    for sub in &mut subs {
+        let is_message = |f: &Value| is_action(f, action::MESSAGE) && f["channel"] == "trio";
+        let extra = sub.recv_until(is_message, Duration::from_secs(1)).await;
+        ensure!(extra.is_err(), "a message arrived twice: {:?}", extra.ok());
+    }
     Ok(())
 }
 

@@ -8,15 +8,15 @@ use starling_proto::bridge as pb;
 use starling_proto::bridge::bridge_frame::Body;
 use tracing::debug;
 
-use crate::channel_master::Entry;
+use crate::channel_master::{Entry, HistoryPage};
 use crate::channels::channel_key;
 use crate::error::AblyError;
 use crate::position::Position;
 use crate::protocol::{ErrorInfo, Message};
 use crate::region::{BridgeIn, BridgeOut};
 
-/// Numbers the frames one side originates on a link, and remembers which forward
-/// each Forward frame carried, so Acks find their publish.
+/// Numbers the frames one side originates on a link, and remembers which request
+/// each Forward or HistoryRead frame carried, so answers find their request.
 pub struct Numbering {
     region: String,
     next: u64,
@@ -75,9 +75,24 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, AblyError> {
         .map_err(|e| AblyError::MalformedFrame(format!("bridge message: {e}")))
 }
 
-/// A relay's request as a frame body, and the forward request it carries, if any.
+/// A relay's request as a frame body, and the request an answer to it must name.
 pub fn outgoing(out: BridgeOut) -> (Body, Option<u64>) {
     match out {
+        BridgeOut::History {
+            channel,
+            req,
+            query,
+            ..
+        } => {
+            let (app_id, channel) = split_key(&channel);
+            let query = rmp_serde::to_vec_named(&query).expect("queries serialise");
+            let body = Body::HistoryRead(pb::HistoryRead {
+                app_id,
+                channel,
+                query,
+            });
+            (body, Some(req))
+        }
         BridgeOut::Interest {
             channel,
             from,
@@ -169,7 +184,19 @@ pub fn incoming(frame: pb::BridgeFrame, numbering: &mut Numbering) -> Vec<Bridge
             error: error_of(r.error_code, r.error_message)
                 .unwrap_or_else(|| AblyError::Internal("refused".into()).to_info()),
         }],
-        Body::Hello(_) | Body::Interest(_) | Body::Forward(_) => Vec::new(),
+        Body::HistoryPage(page) => {
+            let Some(req) = numbering.forwards.remove(&page.read_seq) else {
+                return Vec::new();
+            };
+            let result = match error_of(page.error_code, page.error_message) {
+                Some(error) => Err(error),
+                None => rmp_serde::from_slice::<HistoryPage>(&page.page).map_err(|e| {
+                    AblyError::MalformedFrame(format!("bridge history page: {e}")).to_info()
+                }),
+            };
+            vec![BridgeIn::HistoryPage { req, result }]
+        }
+        Body::Hello(_) | Body::Interest(_) | Body::Forward(_) | Body::HistoryRead(_) => Vec::new(),
     }
 }
 

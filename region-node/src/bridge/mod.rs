@@ -77,9 +77,9 @@ impl Dialer {
     /// when they hear the link is up.
     pub fn send(&mut self, out: BridgeOut) {
         let region = match &out {
-            BridgeOut::Interest { region, .. } | BridgeOut::Forward { region, .. } => {
-                region.clone()
-            }
+            BridgeOut::Interest { region, .. }
+            | BridgeOut::Forward { region, .. }
+            | BridgeOut::History { region, .. } => region.clone(),
         };
         let tx = self.links.entry(region.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -191,9 +191,9 @@ impl Link {
             tokio::select! {
                 out = queue.recv() => {
                     let Some(out) = out else { return Err(()) };
-                    let (body, forward_req) = frames::outgoing(out);
+                    let (body, answered_by) = frames::outgoing(out);
                     let frame = numbering.frame(body);
-                    if let Some(req) = forward_req {
+                    if let Some(req) = answered_by {
                         numbering.remember(frame.origin_seq, req);
                     }
                     if tx.send(frame).is_err() {

@@ -27,7 +27,7 @@ use tracing::{debug, info};
 use super::frames::{self, decode_message, encode_message, to_pb, Numbering};
 use super::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use crate::channel_client::Subscriber;
-use crate::channel_master::Publish;
+use crate::channel_master::{HistoryQuery, Publish};
 use crate::channels::{channel_key, validate_name};
 use crate::error::AblyError;
 use crate::node::Node;
@@ -154,6 +154,7 @@ impl ServedLink {
             }
             Some(Body::Interest(interest)) => self.on_interest(interest),
             Some(Body::Forward(forward)) => self.on_forward(forward, origin_seq),
+            Some(Body::HistoryRead(read)) => self.on_history(read, origin_seq),
             Some(other) => debug!(?other, "unexpected bridge frame"),
             None => debug!("empty bridge frame"),
         }
@@ -275,6 +276,50 @@ impl ServedLink {
                 }
             };
             let frame = numbering.lock().frame(body);
+            let _ = tx.send(frame);
+        });
+    }
+}
+
+impl ServedLink {
+    /// Reads history here, the home, through this node's region like a REST read.
+    fn on_history(&self, read: pb::HistoryRead, origin_seq: u64) {
+        let key = channel_key(&read.app_id, &read.channel);
+        let refused = |error: &AblyError| pb::HistoryPage {
+            read_seq: origin_seq,
+            page: Vec::new(),
+            error_code: error.code() as u32,
+            error_message: error.to_string(),
+        };
+        let query = validate_name(&read.channel)
+            .and_then(|()| self.homed_here(&key))
+            .and_then(|()| {
+                rmp_serde::from_slice::<HistoryQuery>(&read.query)
+                    .map_err(|e| AblyError::MalformedFrame(format!("bridge history query: {e}")))
+            });
+        let query = match query {
+            Ok(query) => query,
+            Err(error) => return self.send(Body::HistoryPage(refused(&error))),
+        };
+        let region = self.node.region.clone();
+        let numbering = self.numbering.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let page = match region.history(&key, query).await {
+                Ok(page) => pb::HistoryPage {
+                    read_seq: origin_seq,
+                    page: rmp_serde::to_vec_named(&page).expect("pages serialise"),
+                    error_code: 0,
+                    error_message: String::new(),
+                },
+                Err(info) => pb::HistoryPage {
+                    read_seq: origin_seq,
+                    page: Vec::new(),
+                    error_code: info.code as u32,
+                    error_message: info.message,
+                },
+            };
+            let frame = numbering.lock().frame(Body::HistoryPage(page));
             let _ = tx.send(frame);
         });
     }

@@ -22,7 +22,7 @@ use tracing::{debug, info};
 
 use super::msg::ChannelMsg;
 use super::{NodeId, RegionState};
-use crate::channel_master::{ChannelMaster, Entry, HistoryQuery, Publish, Snapshot};
+use crate::channel_master::{ChannelMaster, Entry, HistoryPage, HistoryQuery, Publish, Snapshot};
 use crate::channels::public_name;
 use crate::error::AblyError;
 use crate::position::Position;
@@ -30,6 +30,9 @@ use crate::protocol::{action, ErrorInfo, ProtocolMessage};
 
 /// How long an interest may go unconfirmed before it is declared again.
 const INTEREST_RETRY_MS: i64 = 1_000;
+/// How long a history read waits for the home before it is answered from what was
+/// relayed (within the reader's own 10 s deadline).
+const READ_WAIT_MS: i64 = 5_000;
 
 /// What a relay asks of the bridge to the channel's home region.
 #[derive(Debug, Clone)]
@@ -41,6 +44,13 @@ pub enum BridgeOut {
         channel: String,
         from: Option<Position>,
         interested: bool,
+    },
+    /// Read history at the home; answered by [`BridgeIn::HistoryPage`] for `req`.
+    History {
+        region: String,
+        channel: String,
+        req: u64,
+        query: HistoryQuery,
     },
     /// Have the home sequence this publish; answered by [`BridgeIn::Ack`] for `req`.
     Forward {
@@ -76,6 +86,11 @@ pub enum BridgeIn {
         req: u64,
         result: Result<Vec<Option<String>>, ErrorInfo>,
     },
+    /// The home's answer to the history read `req`.
+    HistoryPage {
+        req: u64,
+        result: Result<HistoryPage, ErrorInfo>,
+    },
     /// The region asked will not serve the channel (it is not, or no longer, its home).
     Refused { channel: String, error: ErrorInfo },
 }
@@ -99,6 +114,17 @@ pub(super) struct RelaySlot {
     pub interest_sent_ms: Option<i64>,
     /// Publishes forwarded to the home and not yet answered, by bridge request.
     pub forwarded: BTreeMap<u64, Forwarded>,
+    /// History reads waiting for the home, by bridge request.
+    pub reads: BTreeMap<u64, Read>,
+}
+
+/// A history read passed to the home: who asked, and what.
+pub(super) struct Read {
+    reply_to: NodeId,
+    req: u64,
+    query: HistoryQuery,
+    since_ms: i64,
+    sent: bool,
 }
 
 pub(super) struct Forwarded {
@@ -150,6 +176,7 @@ impl RegionState {
             linked: false,
             interest_sent_ms: None,
             forwarded: BTreeMap::new(),
+            reads: BTreeMap::new(),
         };
         debug!(channel.name = channel, home.region = %home.region, "relaying a channel homed elsewhere");
         self.relays.insert(channel.to_owned(), slot);
@@ -188,22 +215,53 @@ impl RegionState {
                 channel,
                 req,
                 query,
-            } => {
-                let slot = self.relays.get(&channel).expect("checked by caller");
-                let mut query: HistoryQuery = query;
-                let held = slot.core.position();
-                query.until = Some(query.until.map_or(held, |u| u.min(held)));
-                let page = slot.core.history(&query);
-                self.send(
-                    from,
-                    ChannelMsg::HistoryPage {
-                        req,
-                        result: Ok(page),
-                    },
-                );
-            }
+            } => self.read_at_home(from, &channel, req, query),
             other => debug!(?other, "not a relay message"),
         }
+    }
+
+    /// History is read at the home, which holds all of it in its order; the reader
+    /// waits for the link if it is down, and gets what was relayed if it stays down.
+    fn read_at_home(&mut self, from: NodeId, channel: &str, req: u64, query: HistoryQuery) {
+        let bridge_req = self.next_req();
+        let now = self.now_ms;
+        let up = self
+            .relays
+            .get(channel)
+            .is_some_and(|s| self.links_up.contains(&s.region));
+        let slot = self.relays.get_mut(channel).expect("checked by caller");
+        if up {
+            self.bridge_out.push(BridgeOut::History {
+                region: slot.region.clone(),
+                channel: channel.to_owned(),
+                req: bridge_req,
+                query: query.clone(),
+            });
+        }
+        let read = Read {
+            reply_to: from,
+            req,
+            query,
+            since_ms: now,
+            sent: up,
+        };
+        slot.reads.insert(bridge_req, read);
+    }
+
+    /// Answers a read from what was relayed (the home could not be asked in time).
+    fn read_locally(&mut self, channel: &str, read: Read) {
+        let Some(slot) = self.relays.get(channel) else {
+            return;
+        };
+        let mut query = read.query;
+        let held = slot.core.position();
+        query.until = Some(query.until.map_or(held, |u| u.min(held)));
+        let page = slot.core.history(&query);
+        let msg = ChannelMsg::HistoryPage {
+            req: read.req,
+            result: Ok(page),
+        };
+        self.send(read.reply_to, msg);
     }
 
     /// Answers a subscription from what the relay holds.
@@ -306,6 +364,16 @@ impl RegionState {
                 entries,
             } => self.on_home_sequenced(&channel, previous, entries),
             BridgeIn::Ack { req, result } => self.on_home_ack(req, result),
+            BridgeIn::HistoryPage { req, result } => {
+                let found = (self.relays.values_mut()).find_map(|slot| slot.reads.remove(&req));
+                if let Some(read) = found {
+                    let msg = ChannelMsg::HistoryPage {
+                        req: read.req,
+                        result,
+                    };
+                    self.send(read.reply_to, msg);
+                }
+            }
             BridgeIn::Refused { channel, error } => {
                 // The home's view may be ahead of (or behind) this node's catalog copy;
                 // interest is declared again from a tick, and a home change that
@@ -339,8 +407,20 @@ impl RegionState {
                     publish: f.publish.clone(),
                 })
                 .collect();
+            let reads: Vec<BridgeOut> = (slot.reads.iter_mut())
+                .map(|(req, read)| {
+                    read.sent = true;
+                    BridgeOut::History {
+                        region: region.to_owned(),
+                        channel: channel.clone(),
+                        req: *req,
+                        query: read.query.clone(),
+                    }
+                })
+                .collect();
             self.declare_interest(&channel);
             self.bridge_out.extend(resends);
+            self.bridge_out.extend(reads);
         }
     }
 
@@ -456,51 +536,74 @@ impl RegionState {
         for (node, _) in slot.waiting {
             self.send(node, not_master());
         }
+        for read in slot.reads.into_values() {
+            self.send(read.reply_to, not_master());
+        }
         for forwarded in slot.forwarded.into_values() {
             self.send(forwarded.reply_to, not_master());
         }
         debug!(channel.name = channel, "stopped relaying");
     }
 
-    /// Periodic relay work: declare unconfirmed interest again, refuse publishes held
-    /// too long, and stop relays nobody uses.
+    /// Periodic relay work: refuse publishes held too long, answer reads the home did
+    /// not answer in time, declare unconfirmed interest again, and stop relays nobody
+    /// uses.
     pub(super) fn tick_relays(&mut self) {
         let Some(limits) = self.bridges.clone() else {
             return;
         };
-        let now = self.now_ms;
         let channels: Vec<String> = self.relays.keys().cloned().collect();
         for channel in channels {
-            let slot = self.relays.get_mut(&channel).expect("listed");
-            let expired: Vec<u64> = (slot.forwarded.iter())
-                .filter(|(_, f)| now - f.since_ms > limits.hold_ms)
-                .map(|(req, _)| *req)
-                .collect();
-            let error = AblyError::HomeUnreachable(slot.region.clone()).to_info();
-            let mut refusals = Vec::new();
-            for req in expired {
-                let forwarded = slot.forwarded.remove(&req).expect("listed");
-                let msg = ChannelMsg::Published {
-                    req: forwarded.req,
-                    result: Err(error.clone()),
-                };
-                refusals.push((forwarded.reply_to, msg));
-            }
-            let idle =
-                slot.subscribers.is_empty() && slot.waiting.is_empty() && slot.forwarded.is_empty();
+            self.refuse_held_too_long(&channel, limits.hold_ms);
+            self.answer_late_reads(&channel);
+
+            let now = self.now_ms;
+            let slot = self.relays.get(&channel).expect("listed");
+            let idle = slot.subscribers.is_empty()
+                && slot.waiting.is_empty()
+                && slot.forwarded.is_empty()
+                && slot.reads.is_empty();
             let overdue = !slot.linked
                 && self.links_up.contains(&slot.region)
-                && slot
-                    .interest_sent_ms
-                    .is_none_or(|t| now - t >= INTEREST_RETRY_MS);
-            for (to, msg) in refusals {
-                self.send(to, msg);
-            }
+                && (slot.interest_sent_ms).is_none_or(|t| now - t >= INTEREST_RETRY_MS);
             if idle {
                 self.stop_relay(&channel);
             } else if overdue {
                 self.declare_interest(&channel);
             }
+        }
+    }
+
+    fn refuse_held_too_long(&mut self, channel: &str, hold_ms: i64) {
+        let now = self.now_ms;
+        let slot = self.relays.get_mut(channel).expect("caller checked");
+        let expired: Vec<u64> = (slot.forwarded.iter())
+            .filter(|(_, f)| now - f.since_ms > hold_ms)
+            .map(|(req, _)| *req)
+            .collect();
+        let error = AblyError::HomeUnreachable(slot.region.clone()).to_info();
+        let refused: Vec<Forwarded> = (expired.iter())
+            .filter_map(|req| slot.forwarded.remove(req))
+            .collect();
+        for forwarded in refused {
+            let msg = ChannelMsg::Published {
+                req: forwarded.req,
+                result: Err(error.clone()),
+            };
+            self.send(forwarded.reply_to, msg);
+        }
+    }
+
+    fn answer_late_reads(&mut self, channel: &str) {
+        let now = self.now_ms;
+        let slot = self.relays.get_mut(channel).expect("caller checked");
+        let late: Vec<u64> = (slot.reads.iter())
+            .filter(|(_, r)| now - r.since_ms > READ_WAIT_MS)
+            .map(|(req, _)| *req)
+            .collect();
+        let late: Vec<Read> = late.iter().filter_map(|r| slot.reads.remove(r)).collect();
+        for read in late {
+            self.read_locally(channel, read);
         }
     }
 }
