@@ -3,6 +3,8 @@
 // `/health` and `/health/placement/{channel}`, signals nodes (SIGKILL, SIGSTOP,
 // SIGCONT, SIGTERM), starts extra nodes by hand (from the cluster CA or another
 // one), and drives steady publishers whose ACKs and deliveries the tests compare.
+// `startFederation()` starts several bridged regions (`region-node dev --regions
+// eu,us`, with a group of `global-master` processes) the same way.
 //
 // Not a test file itself (it defines no tests).
 //
@@ -39,13 +41,16 @@ process.on('exit', () => {
   for (const pid of knownPids) killPid(pid, 'SIGKILL');
 });
 
-/** Whether `pid` is a live region-node process (guards against a recycled pid). */
+/**
+ * Whether `pid` is a live region-node (or global-master) process: guards against a
+ * recycled pid.
+ */
 function isRegionNode(pid) {
   try {
     const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return cmd.includes('region-node') && state !== 'Z';
+    return (cmd.includes('region-node') || cmd.includes('global-master')) && state !== 'Z';
   } catch {
     return false;
   }
@@ -95,6 +100,7 @@ export class ClusterNode {
     this.client = described.client;
     this.port = portOf(described.client);
     this.mesh = described.mesh;
+    this.bridge = described.bridge ?? null;
     this.argv = described.argv;
     this.dir = dir;
     this.logPath = join(dir, 'node.log');
@@ -409,6 +415,217 @@ export async function startRegion(opts) {
   } catch (e) {
     region.failed = true;
     await region.stop();
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// A federation: several regions bridged, sharing a global master group
+
+/** One region of a federation: its name, entry balancer and nodes. */
+export class FederatedRegion {
+  constructor(federation, described) {
+    this.federation = federation;
+    this.name = described.name;
+    this.entry = described.entry;
+    this.entryPort = portOf(described.entry);
+    this.nodes = described.nodes.map(
+      (n) => new ClusterNode(this, n, { dir: join(federation.dataDir, n.id) }));
+  }
+
+  get key() {
+    return this.federation.key;
+  }
+
+  /** ably-js options for a client connected through the region's entry. */
+  options(format, extra = {}) {
+    const useBinaryProtocol = typeof format === 'boolean' ? format : format.useBinaryProtocol;
+    return {
+      key: this.key,
+      endpoint: '127.0.0.1',
+      port: this.entryPort,
+      tls: false,
+      disableConnectivityCheck: true,
+      useBinaryProtocol,
+      ...extra,
+    };
+  }
+}
+
+/**
+ * `region-node dev --regions a,b --nodes N --global-masters M`: a global master group
+ * of `global-master` processes and bridged regions, each behind an entry. Use
+ * `startFederation()`; always call `stop()` in an after hook.
+ */
+export class Federation {
+  constructor({
+    regions = ['eu', 'us'], nodes = 2, globalMasters = 3, failureTimeoutMs = 1000, label = 'federation',
+  } = {}) {
+    this.regionNames = regions;
+    this.size = nodes;
+    this.globalMasterCount = globalMasters;
+    this.failureTimeoutMs = failureTimeoutMs;
+    this.dir = mkdtempSync(join(tmpdir(), `starling-federation-${label}-`));
+    this.dataDir = join(this.dir, 'data');
+    this.describePath = join(this.dir, 'describe.json');
+    this.launcherLog = join(this.dir, 'launcher.log');
+    this.launcher = null;
+    this.describe = null;
+    this.regions = [];
+    this.globalMasters = [];
+    this.failed = false;
+  }
+
+  async start() {
+    const bin = binaryPath();
+    const args = [
+      'dev',
+      '--regions', this.regionNames.join(','),
+      '--nodes', String(this.size),
+      '--global-masters', String(this.globalMasterCount),
+      '--data-dir', this.dataDir,
+      '--describe', this.describePath,
+      '--failure-timeout-ms', String(this.failureTimeoutMs),
+    ];
+    const log = openSync(this.launcherLog, 'a');
+    const child = spawn(bin, args, { stdio: ['ignore', log, log], env: childEnv() });
+    closeSync(log);
+    this.launcher = child;
+    spawned.add(child);
+    let exitInfo = null;
+    this.launcherExited = new Promise((res) => child.once('exit', (code, signal) => {
+      exitInfo = { code, signal };
+      spawned.delete(child);
+      res(exitInfo);
+    }));
+
+    this.describe = await untilFatal(() => {
+      if (exitInfo) throw new FatalError(`region-node dev exited early (${JSON.stringify(exitInfo)})`);
+      if (!existsSync(this.describePath)) return null;
+      try {
+        const d = JSON.parse(readFileSync(this.describePath, 'utf8'));
+        const complete = d?.regions?.length === this.regionNames.length &&
+          d.regions.every((r) => r.nodes?.length === this.size) &&
+          d.global_masters?.length === this.globalMasterCount;
+        return complete ? d : null;
+      } catch {
+        return null;
+      }
+    }, `region-node dev to write ${this.describePath}`, REGION_START_MS, 100).catch((e) => {
+      this.failed = true;
+      throw new Error(`${e.message}\n--- launcher log ---\n${tailOf(this.launcherLog)}`);
+    });
+    this.globalMasters = this.describe.global_masters.map((m) => {
+      if (m.pid) knownPids.add(m.pid);
+      return { ...m, logPath: join(this.dataDir, m.id, 'global-master.log') };
+    });
+    this.regions = this.describe.regions.map((r) => new FederatedRegion(this, r));
+    for (const region of this.regions) {
+      await waitRegionHealthy(region.nodes, this.size,
+        `every node of ${region.name} to see all ${this.size} nodes live`, REGION_START_MS);
+    }
+    return this;
+  }
+
+  get key() {
+    return this.describe.apps[0].keys[0].key;
+  }
+
+  get nodes() {
+    return this.regions.flatMap((r) => r.nodes);
+  }
+
+  region(name) {
+    const r = this.regions.find((x) => x.name === name);
+    if (!r) throw new Error(`no region ${name}`);
+    return r;
+  }
+
+  /** A node by id (`us-2`). */
+  node(id) {
+    const n = this.nodes.find((x) => x.id === id);
+    if (!n) throw new Error(`no node ${id}`);
+    return n;
+  }
+
+  /** Runs `fn`, marking the federation failed (so its folder is kept) if it throws. */
+  async guard(fn) {
+    try {
+      return await fn();
+    } catch (e) {
+      this.failed = true;
+      throw e;
+    }
+  }
+
+  /** The last `lines` of every node's log (and the launcher's), for failure messages. */
+  logs(lines = 30, filter = null) {
+    const parts = [];
+    for (const n of this.nodes) {
+      if (filter && !filter(n)) continue;
+      parts.push(`--- ${n.id} (${n.alive() ? 'running' : 'not running'}) ${n.logPath} ---\n${n.logTail(lines)}`);
+    }
+    return parts.join('\n');
+  }
+
+  /**
+   * SIGKILLs the launcher, every node and global master it described (by pid, also
+   * those only in their own describe files), waits until they are gone, and removes
+   * the folder unless it is to be kept. Never throws; safe to call twice.
+   */
+  async stop() {
+    const pids = new Set([...this.nodes.map((n) => n.pid), ...this.globalMasters.map((m) => m.pid)]);
+    for (const name of this.regionNames) {
+      for (let i = 1; i <= this.size; i++) {
+        try {
+          const d = JSON.parse(readFileSync(join(this.dataDir, `${name}-${i}`, 'describe.json'), 'utf8'));
+          const pid = d?.regions?.[0]?.nodes?.[0]?.pid;
+          if (pid) pids.add(pid);
+        } catch { /* not written */ }
+      }
+    }
+    for (const pid of pids) if (pid) knownPids.add(pid);
+    if (this.launcher && this.launcher.exitCode === null && this.launcher.signalCode === null) {
+      this.launcher.kill('SIGKILL');
+    }
+    for (const pid of pids) killPid(pid, 'SIGKILL');
+    try {
+      if (this.launcher) await within(this.launcherExited, 'launcher to exit', 10_000);
+      await until(() => [...pids].every((pid) => !isRegionNode(pid)), 'every process to exit', 10_000, 20);
+    } catch (e) {
+      process.stderr.write(`[cluster-harness] ${e.message}\n`);
+    }
+    // Children of a launcher that died before describing them stop by themselves
+    // (STARLING_EXIT_WITH_PARENT); nothing else to find here.
+    const keep = this.failed || process.env.STARLING_CLUSTER_KEEP || process.env.STARLING_KEEP_TMP;
+    if (keep) {
+      process.stderr.write(`[cluster-harness] kept ${this.dir} (launcher.log; node logs in ` +
+        'data/<region>-<n>/node.log, global masters in data/gm-*/)\n');
+    } else {
+      rmSync(this.dir, { recursive: true, force: true });
+    }
+  }
+}
+
+function tailOf(path, lines = 40) {
+  try {
+    return readFileSync(path, 'utf8').split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/**
+ * Starts `region-node dev` with several bridged regions (default eu and us, 2 nodes
+ * each, 3 global-master processes) and waits until every region's mesh is whole.
+ */
+export async function startFederation(opts) {
+  const federation = new Federation(opts);
+  try {
+    return await federation.start();
+  } catch (e) {
+    federation.failed = true;
+    await federation.stop();
     throw e;
   }
 }

@@ -1,0 +1,386 @@
+// Bridged regions with real processes: `region-node dev --regions eu,us` (three
+// `global-master` processes, each region its own mesh and entry balancer), ably-js
+// 2.28.0 clients connected through each region's entry or directly to chosen nodes.
+//
+// 1. Two regions of two nodes: a channel first used in eu is homed there; subscribers
+//    in both regions see one identical sequence, each publisher's messages in publish
+//    order, every message once, with the serials the ACKs gave; REST history through
+//    either region (entry and every node) is the same, oldest first. Both formats.
+// 2. Two regions of three nodes: SIGKILL the us node relaying the channel while eu
+//    (and a surviving us node) keep publishing: the surviving us subscribers receive
+//    every ACKed message exactly once, in order. Three nodes, because a 2-node region
+//    that loses one has no majority and sends its clients away by design
+//    (docs/architecture.md, "Failover").
+//
+// Every describe block starts its own federation and kills everything (launcher,
+// nodes and global masters by pid) in after hooks. The folder is kept when a test
+// fails (`STARLING_CLUSTER_KEEP=1` keeps it always).
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  Ably, FORMATS, connectedClient, collect, closeAll, within, until, freshChannel, allPages,
+} from './harness.mjs';
+import {
+  startFederation, agreedPlacement, steadyPublisher, checkDelivery, checkSerialOrder, ackGaps,
+  compact, channelReport, explained,
+} from './cluster-harness.mjs';
+
+const FAILURE_TIMEOUT_MS = 1000;
+const [MSGPACK, JSON_FMT] = FORMATS;
+/** How long a region may take to reach a channel's home over a new bridge. */
+const LINK_UP_MS = 15_000;
+/** Generous deadline for what a busy 2-core machine may take. */
+const SLOW_MS = 30_000;
+const TEST_TIMEOUT = { timeout: 240_000 };
+/**
+ * After the relay dies, an eu message ACKed at the home reaches the surviving us
+ * subscribers within this long: failure detection (1 s), a new relay, the home's replay.
+ */
+const RELAY_LAG_MS = 10_000;
+
+function note(t, text) {
+  t.diagnostic(text);
+  if (process.env.STARLING_CLUSTER_VERBOSE) process.stderr.write(`[federation] ${text}\n`);
+}
+
+/**
+ * Attaches `channel`, retrying while the region cannot reach the channel's home yet
+ * (the attach fails with a retriable error, e.g. 50001, until the bridge is up).
+ * Returns how many attempts it took.
+ */
+async function attachWhenLinked(channel, who, ms = LINK_UP_MS) {
+  let attempts = 0;
+  let last = null;
+  await until(async () => {
+    attempts += 1;
+    try {
+      await within(channel.attach(), `${who}: attach ${channel.name}`, 5_000);
+      return true;
+    } catch (e) {
+      last = e;
+      return false;
+    }
+  }, `${who} to attach ${channel.name} (last error: ${last?.code ?? ''} ${last?.message ?? last})`, ms, 200)
+    .catch((e) => {
+      e.message += ` (after ${attempts} attempts; last: ${last?.code ?? ''} ${last?.message ?? last})`;
+      throw e;
+    });
+  return attempts;
+}
+
+/** A subscriber: a client, its channel attached (retried while linking), a collector. */
+async function subscriber(target, format, name, who, clients) {
+  const client = await connectedClient(target, format);
+  clients.push(client);
+  const channel = client.channels.get(name);
+  const attempts = await attachWhenLinked(channel, who);
+  const arrivals = new Map(); // message id -> when it arrived
+  await channel.subscribe((m) => { if (!arrivals.has(m.id)) arrivals.set(m.id, Date.now()); });
+  return { who, client, channel, attempts, arrivals, got: await collect(channel) };
+}
+
+/** The largest delay from a publisher's ACK to the message's arrival at `sub`. */
+function maxLag(sub, run) {
+  const byN = new Map(sub.got.messages.filter((m) => m.name === run.label).map((m) => [m.data.n, m]));
+  let worst = { lag: -Infinity, n: null };
+  for (const a of run.acks) {
+    const m = byN.get(a.n);
+    const lag = m ? sub.arrivals.get(m.id) - a.ackAt : Infinity;
+    if (lag > worst.lag) worst = { lag, n: a.n };
+  }
+  return worst;
+}
+
+function ids(sub) {
+  return sub.got.messages.map((m) => m.id);
+}
+
+function namesOf(messages) {
+  return messages.map((m) => m.name);
+}
+
+function assertNoDuplicateIds(sub) {
+  const seen = new Map();
+  for (const [i, m] of sub.got.messages.entries()) {
+    assert.ok(!seen.has(m.id), `${sub.who}: message ${m.id} (${m.name} ${JSON.stringify(m.data)}) ` +
+      `delivered twice, at ${seen.get(m.id)} and ${i}`);
+    seen.set(m.id, i);
+  }
+}
+
+async function waitForName(sub, name, ms = SLOW_MS) {
+  await until(() => sub.got.messages.some((m) => m.name === name),
+    `${sub.who} to receive ${name} (got ${sub.got.messages.length} messages, last ` +
+    `${sub.got.messages[sub.got.messages.length - 1]?.name ?? '-'})`, ms);
+}
+
+/** REST history of `name`, oldest first, through `target` (a region's entry or a node). */
+async function historyThrough(target, format, name, what) {
+  const rest = new Ably.Rest(target.options(format));
+  const first = await within(rest.channels.get(name).history({ direction: 'forwards', limit: 100 }),
+    `REST history through ${what}`, SLOW_MS);
+  return (await allPages(first)).flat();
+}
+
+/** How many client connections each node holds (which nodes the entry chose). */
+async function connectionsPerNode(nodes) {
+  const counts = await Promise.all(nodes.map(async (n) => {
+    const h = await n.health(1000);
+    return `${n.id}=${h.body?.connections ?? h.error ?? h.status}`;
+  }));
+  return counts.join(' ');
+}
+
+/** A failure report: each node's view of the channel, each subscriber, each publisher. */
+async function report(fed, name, subs, pubs = []) {
+  const lines = [await channelReport(fed.nodes, name)];
+  for (const s of subs) {
+    const last = s.got.messages[s.got.messages.length - 1];
+    lines.push(`${s.who}: ${s.got.messages.length} messages, last ${last ? `${last.name} ${JSON.stringify(last.data)} ${last.serial}` : '-'}; ` +
+      `connection ${s.client.connection.state}, channel ${s.channel.state}`);
+  }
+  for (const p of pubs) {
+    const a = p.run.acks[p.run.acks.length - 1];
+    lines.push(`${p.label}: ${p.run.acks.length} acked (last #${a?.n} ${a?.serial} at ${a ? new Date(a.ackAt).toISOString() : '-'}), ` +
+      `refused ${JSON.stringify(p.run.failures)}, in flight ${JSON.stringify(p.run.state.inflight)}`);
+  }
+  lines.push(fed.logs(25));
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------
+
+describe('federation: two regions share a channel homed in eu', () => {
+  let fed;
+  before(async () => {
+    fed = await startFederation({
+      regions: ['eu', 'us'], nodes: 2, globalMasters: 3, failureTimeoutMs: FAILURE_TIMEOUT_MS, label: 'share',
+    });
+  });
+  after(async () => { await fed?.stop(); });
+
+  for (const format of FORMATS) {
+    it(`(${format.name}) subscribers in both regions see one sequence, each message once; history agrees in both regions`, TEST_TIMEOUT, async (t) => fed.guard(async () => {
+      const eu = fed.region('eu');
+      const us = fed.region('us');
+      const name = freshChannel(`fed-share-${format.name}`);
+      const clients = [];
+      const subs = [];
+      try {
+        await explained(async () => {
+          // First use in eu: eu becomes the channel's home.
+          const euPubClient = await connectedClient(eu, format);
+          clients.push(euPubClient);
+          const euPub = euPubClient.channels.get(name);
+          const home = await within(euPub.publish('home', { first: true }), 'ACK for the first publish, in eu', SLOW_MS);
+          const homeSerial = home?.serials?.[0];
+          const euOwners = await agreedPlacement(eu.nodes, name);
+          const euMaster = await fed.node(euOwners[0]).placement(name);
+          note(t, `channel ${name}: eu owners ${euOwners.join(', ')} (master epoch ${euMaster.epoch}), first serial ${homeSerial}`);
+          assert.notEqual(euMaster.epoch, null, `eu's master ${euOwners[0]} sequences ${name} (its home is eu)`);
+
+          // Two subscribers per region, through each region's entry (round robin: one per node).
+          for (const region of [eu, us]) {
+            for (let i = 0; i < 2; i++) {
+              const sub = await subscriber(region, format, name, `subscriber ${i + 1} in ${region.name}`, clients);
+              subs.push(sub);
+            }
+          }
+          const usPubClient = await connectedClient(us, format);
+          clients.push(usPubClient);
+          const usPub = usPubClient.channels.get(name);
+          const usOwners = await agreedPlacement(us.nodes, name);
+          note(t, `us relay and copy: ${usOwners.join(', ')}; attach attempts ${subs.map((s) => `${s.who}=${s.attempts}`).join(', ')}; ` +
+            `connections ${await connectionsPerNode(fed.nodes)}`);
+
+          // Interleaved, each ACK awaited before the next publish: causally ordered, so
+          // the one sequence must be exactly eu-0, us-0, eu-1, us-1, ...
+          const perRegion = 20;
+          const expected = [];
+          const acks = new Map();
+          for (let n = 0; n < perRegion; n++) {
+            for (const [label, channel] of [['eu', euPub], ['us', usPub]]) {
+              const msgName = `${label}-${n}`;
+              const result = await within(channel.publish(msgName, { n, p: label }), `ACK for ${msgName}`, SLOW_MS);
+              assert.equal(result?.serials?.length, 1, `${msgName}: the ACK carries one serial`);
+              acks.set(msgName, result.serials[0]);
+              expected.push(msgName);
+            }
+          }
+          // A last message from us: once it arrived, nothing earlier is still on its way.
+          const end = await within(usPub.publish('end', { end: true }), 'ACK for the end marker', SLOW_MS);
+          acks.set('end', end.serials[0]);
+          expected.push('end');
+          for (const s of subs) await waitForName(s, 'end');
+
+          for (const s of subs) {
+            assertNoDuplicateIds(s);
+            assert.deepEqual(namesOf(s.got.messages), expected,
+              `${s.who}: every message once, in the order they were acknowledged`);
+            checkSerialOrder(assert, s.got.messages, s.who);
+            for (const m of s.got.messages) {
+              assert.equal(m.serial, acks.get(m.name), `${s.who}: ${m.name} carries the serial its ACK gave`);
+            }
+            for (const label of ['eu', 'us']) {
+              checkDelivery(assert, s.got.messages.filter((m) => m.data?.p === label).map((m) => ({ ...m, name: label })),
+                { label, acks: [...Array(perRegion).keys()].map((n) => ({ n, serial: acks.get(`${label}-${n}`) })) }, s.who);
+            }
+          }
+          for (const s of subs.slice(1)) {
+            assert.deepEqual(ids(s), ids(subs[0]), `${s.who} sees the same messages (ids) as ${subs[0].who}`);
+          }
+
+          // REST history, oldest first: the same through either region's entry and
+          // through every node, and what the subscribers saw after the first publish.
+          const wanted = ['home', ...expected];
+          const byId = new Map(subs[0].got.messages.map((m) => [m.id, m]));
+          const histories = [];
+          for (const target of [us, eu, ...us.nodes, ...eu.nodes]) {
+            const what = target.nodes ? `${target.name}'s entry` : `node ${target.id}`;
+            histories.push({ what, items: await historyThrough(target, format, name, what) });
+          }
+          for (const { what, items } of histories) {
+            assert.deepEqual(namesOf(items), wanted, `history through ${what} (${format.name})`);
+            assert.equal(items[0].serial ?? homeSerial, homeSerial, `history through ${what}: the first message's serial`);
+            for (const m of items.slice(1)) {
+              const d = byId.get(m.id);
+              assert.ok(d, `history through ${what}: ${m.name} has the id subscribers saw (${m.id})`);
+              assert.deepEqual(m.data, d.data, `history through ${what}: data of ${m.name}`);
+              if (m.serial != null) assert.equal(m.serial, d.serial, `history through ${what}: serial of ${m.name}`);
+            }
+          }
+          assert.deepEqual(histories[0].items.map((m) => m.id), histories[1].items.map((m) => m.id),
+            'history through us and through eu: the same messages in the same order');
+        }, () => report(fed, name, subs));
+      } finally {
+        closeAll(clients);
+      }
+    }));
+  }
+});
+
+// ---------------------------------------------------------------------------------------
+
+describe('federation: SIGKILL the us node relaying a channel homed in eu', () => {
+  let fed;
+  before(async () => {
+    fed = await startFederation({
+      regions: ['eu', 'us'], nodes: 3, globalMasters: 3, failureTimeoutMs: FAILURE_TIMEOUT_MS, label: 'relay-kill',
+    });
+  });
+  after(async () => { await fed?.stop(); });
+
+  it('the surviving us subscribers keep receiving every ACKed message exactly once, in order', TEST_TIMEOUT, async (t) => fed.guard(async () => {
+    const eu = fed.region('eu');
+    const us = fed.region('us');
+    const name = freshChannel('fed-relay-kill');
+    const clients = [];
+    const subs = [];
+    const pubs = [];
+    try {
+      await explained(async () => {
+        const euPubClient = await connectedClient(eu, MSGPACK);
+        clients.push(euPubClient);
+        const euPub = euPubClient.channels.get(name);
+        await within(euPub.publish('home', { first: true }), 'ACK for the first publish, in eu', SLOW_MS);
+
+        // Subscribers on both us nodes that do not relay the channel (connected to
+        // them directly, not through the entry), and one in eu.
+        const owners = await agreedPlacement(us.nodes, name);
+        const relay = fed.node(owners[0]);
+        const survivors = us.nodes.filter((n) => n !== relay);
+        for (const [i, node] of survivors.entries()) {
+          const format = i === 0 ? JSON_FMT : MSGPACK;
+          subs.push(await subscriber(node, format, name, `subscriber on ${node.id} (${format.name})`, clients));
+        }
+        subs.push(await subscriber(eu, JSON_FMT, name, 'subscriber in eu (json)', clients));
+        // Publishers: one in eu (the home), and one on a surviving us node, whose
+        // publishes the relay forwards to eu.
+        await within(euPub.attach(), 'eu publisher attach', SLOW_MS);
+        pubs.push({ label: 'eu', run: steadyPublisher(euPub, 'eu', { intervalMs: 50 }) });
+        const usPubClient = await connectedClient(survivors[0], MSGPACK);
+        clients.push(usPubClient);
+        const usPub = usPubClient.channels.get(name);
+        await attachWhenLinked(usPub, `publisher on ${survivors[0].id}`);
+        pubs.push({ label: 'us', channel: usPub, run: steadyPublisher(usPub, 'us', { intervalMs: 50 }) });
+        note(t, `channel ${name}: us owners ${owners.join(', ')}, killing the relay ${relay.id}; ` +
+          `subscribers on ${survivors.map((n) => n.id).join(', ')} and in eu; us publisher on ${survivors[0].id}`);
+
+        for (const p of pubs) await p.run.waitAcks(20, '20 ACKs before the kill', SLOW_MS);
+        for (const s of subs.slice(0, 2)) {
+          await until(() => s.got.messages.filter((m) => m.name === 'us').length >= 10 &&
+            s.got.messages.filter((m) => m.name === 'eu').length >= 10,
+          `${s.who} to receive messages of both publishers before the kill`, SLOW_MS);
+        }
+
+        const killAt = Date.now();
+        assert.ok(relay.signal('SIGKILL'), `SIGKILL ${relay.id}`);
+        await relay.waitExit(`${relay.id} to die`);
+
+        for (const p of pubs) {
+          await p.run.waitUntil(() => p.run.acks.filter((a) => a.ackAt > killAt).length >= 30,
+            '30 ACKs after the kill', SLOW_MS);
+        }
+        const movedAt = await until(async () => {
+          const views = await Promise.all(survivors.map((n) => n.placement(name)));
+          return views.every((v) => !v.owners.includes(relay.id)) ? Date.now() : null;
+        }, `the surviving us nodes' placement of ${name} to drop ${relay.id}`, SLOW_MS);
+        const newOwners = await agreedPlacement(survivors, name);
+        note(t, `us placement after the kill: ${newOwners.join(', ')} (seen ${movedAt - killAt} ms after it)`);
+        // Every subscriber has caught up with what was published after the kill.
+        for (const s of subs) {
+          await until(() => pubs.every((p) => s.got.messages.some((m) => m.name === p.label &&
+            m.data?.n === p.run.acks[p.run.acks.length - 1].n)),
+          `${s.who} to receive the latest ACKed messages after the kill`, SLOW_MS);
+        }
+
+        for (const p of pubs) await p.run.stop();
+        const end = await within(euPub.publish('end', { end: true }), 'ACK for the end marker', SLOW_MS);
+        for (const s of subs) await waitForName(s, 'end');
+
+        for (const s of subs) {
+          assertNoDuplicateIds(s);
+          checkSerialOrder(assert, s.got.messages, s.who);
+          const last = s.got.messages[s.got.messages.length - 1];
+          assert.equal(last.name, 'end', `${s.who}: nothing after the end marker`);
+          assert.equal(last.serial, end.serials[0], `${s.who}: the end marker has its ACK's serial`);
+          for (const p of pubs) {
+            const { received, unackedDelivered } = checkDelivery(assert, s.got.messages, p.run, s.who);
+            note(t, `${s.who}: ${received} of ${p.label}'s ${p.run.published} published ` +
+              `(${p.run.acks.length} acked, ${p.run.failures.length} refused; delivered unacked ${compact(unackedDelivered)})`);
+          }
+        }
+        for (const s of subs.slice(1)) {
+          assert.deepEqual(ids(s), ids(subs[0]), `${s.who} sees the same messages in the same order as ${subs[0].who}`);
+        }
+        for (const p of pubs) {
+          const gaps = ackGaps(p.run.acks, killAt);
+          note(t, `${p.label}: first ACK ${gaps.sinceEvent} ms after the kill (gap ${gaps.gapAround} ms; ` +
+            `largest ${gaps.maxGap} ms); refused ${JSON.stringify(p.run.failures)}`);
+        }
+        for (const p of pubs) {
+          assert.deepEqual(p.run.failures, [], `${p.label}: no publish refused (only a us relay died; us keeps a majority)`);
+        }
+        // The survivors kept receiving: no eu message took long after its ACK to arrive.
+        for (const s of subs.slice(0, 2)) {
+          const worst = maxLag(s, pubs[0].run);
+          note(t, `${s.who}: eu messages arrived at most ${worst.lag} ms after their ACK (#${worst.n})`);
+          assert.ok(worst.lag < RELAY_LAG_MS,
+            `${s.who}: eu #${worst.n} arrived ${worst.lag} ms after its ACK (limit ${RELAY_LAG_MS})`);
+        }
+
+        // History through a surviving us node and through eu: the same, in the
+        // subscribers' order.
+        const viaUs = await historyThrough(survivors[1], MSGPACK, name, `node ${survivors[1].id}`);
+        const viaEu = await historyThrough(eu, JSON_FMT, name, "eu's entry");
+        assert.deepEqual(viaUs.map((m) => m.id), viaEu.map((m) => m.id), 'history through us and through eu agree');
+        assert.deepEqual(viaEu.slice(1).map((m) => m.id), ids(subs[0]),
+          'history (after the first message) is what the subscribers saw, in order');
+      }, () => report(fed, name, subs, pubs));
+    } finally {
+      for (const p of pubs) p.run.state.stopped = true;
+      closeAll(clients);
+    }
+  }));
+});
