@@ -47,6 +47,11 @@ pub struct Home {
     /// the proposer's clock in milliseconds at assignment, like the epochs of positions.
     pub epoch: u64,
     pub last_used_ms: u64,
+    /// The region that homed the channel before a move or a region loss, which the new
+    /// home asks to hand over (its last position and history) before sequencing.
+    /// `None` for a first assignment.
+    #[serde(default)]
+    pub previous_region: Option<String>,
 }
 
 /// Pins the channels of a namespace to a region, instead of the region of first use.
@@ -778,11 +783,12 @@ impl ControlState {
         let Some(region) = self.catalog.choose_region(channel, None) else {
             return;
         };
-        let previous = self.catalog.homes.get(channel).map(|h| h.epoch);
+        let previous = self.catalog.homes.get(channel);
         let home = Home {
             region,
-            epoch: self.next_epoch(previous, now_ms),
+            epoch: self.next_epoch(previous.map(|h| h.epoch), now_ms),
             last_used_ms: now_ms,
+            previous_region: previous.map(|h| h.region.clone()),
         };
         self.record(Update::Home {
             channel: channel.to_owned(),
@@ -821,6 +827,7 @@ impl ControlState {
             region,
             epoch: self.next_epoch(None, now_ms),
             last_used_ms: now_ms,
+            previous_region: None,
         };
         self.record(Update::Home {
             channel,
@@ -881,6 +888,7 @@ impl ControlState {
             region: to_region,
             epoch: self.next_epoch(current.map(|h| h.epoch), now_ms),
             last_used_ms: now_ms,
+            previous_region: current.map(|h| h.region.clone()),
         };
         self.record(Update::Home {
             channel,

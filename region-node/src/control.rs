@@ -482,6 +482,7 @@ fn home_view(home: &starling_global::state::Home) -> HomeView {
     HomeView {
         region: home.region.clone(),
         epoch: home.epoch,
+        previous: home.previous_region.clone(),
     }
 }
 

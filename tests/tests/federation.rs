@@ -342,3 +342,96 @@ async fn publishes_held_past_the_bound_are_refused_with_a_clear_error() -> Resul
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn moving_a_home_under_load_keeps_one_order_without_loss_or_duplicates() -> Result<()> {
+    let group = GlobalGroup::start(3).await?;
+    let eu = bridged_node(&group, "eu").await?;
+    let us = bridged_node(&group, "us").await?;
+    let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
+    let first = publish_outcome(&mut eu_pub, "moving", "eu-0").await?;
+    ensure!(is_action(&first, action::ACK), "eu publish: {first}");
+
+    let mut eu_sub = Client::connect(&eu, "", Format::Json).await?;
+    eu_sub.attach("moving").await?;
+    let mut us_sub = Client::connect(&us, "", Format::Msgpack).await?;
+    attach_when_linked(&mut us_sub, "moving").await?;
+    let mut us_pub = Client::connect(&us, "", Format::Json).await?;
+
+    let mut acked = vec!["eu-0".to_owned()];
+    let mut refused = Vec::new();
+    let rounds = 30;
+    for round in 1..=rounds {
+        if round == 10 {
+            eprintln!("phase: the operator moves the home to us while both publish");
+            let channel_key = format!("{}/moving", eu.app_id());
+            group
+                .operator(&["move-home", "--channel", &channel_key, "--to", "us"])
+                .await?;
+        }
+        for (publisher, region) in [(&mut eu_pub, "eu"), (&mut us_pub, "us")] {
+            let name = format!("{region}-{round}");
+            let reply = publish_outcome(publisher, "moving", &name).await?;
+            if is_action(&reply, action::ACK) {
+                acked.push(name);
+            } else {
+                refused.push((name, reply));
+            }
+        }
+    }
+    ensure!(
+        refused.len() <= 4,
+        "too many refusals around the move: {refused:?}"
+    );
+
+    eprintln!("phase: both regions saw one order holding every acknowledged message once");
+    let wait_for_all = |seen: &[Value]| {
+        let names = names(seen);
+        acked.iter().all(|a| names.contains(a))
+    };
+    let mut orders = Vec::new();
+    for sub in [&mut eu_sub, &mut us_sub] {
+        let mut seen = Vec::new();
+        // The subscriber attached after eu-0: everything acknowledged after it.
+        while !wait_for_all(&[vec![json!({"name": "eu-0"})], seen.clone()].concat()) {
+            let frame = sub.next_message("moving").await?;
+            seen.extend(frame["messages"].as_array().cloned().unwrap_or_default());
+        }
+        orders.push(seen);
+    }
+    let (eu_seen, us_seen) = (names(&orders[0]), names(&orders[1]));
+    ensure!(
+        eu_seen == us_seen,
+        "orders differ:\n eu {eu_seen:?}\n us {us_seen:?}"
+    );
+    let mut unique = eu_seen.clone();
+    unique.sort();
+    unique.dedup();
+    ensure!(unique.len() == eu_seen.len(), "duplicates: {eu_seen:?}");
+    let serials: Vec<String> = (orders[0].iter())
+        .map(|m| m["serial"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut sorted = serials.clone();
+    sorted.sort();
+    ensure!(
+        sorted == serials,
+        "serials out of order across the move: {serials:?}"
+    );
+
+    eprintln!("phase: history in both regions agrees, from before the move to after it");
+    let eu_history = names(&history(&eu, "moving").await?);
+    let us_history = names(&history(&us, "moving").await?);
+    ensure!(
+        eu_history == us_history,
+        "history differs:\n eu {eu_history:?}\n us {us_history:?}"
+    );
+    for name in &acked {
+        ensure!(
+            us_history.contains(name),
+            "{name} missing from the new home's history {us_history:?}; us log:\n{}\neu log:\n{}",
+            us.log(),
+            eu.log()
+        );
+    }
+    Ok(())
+}

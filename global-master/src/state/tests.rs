@@ -289,6 +289,15 @@ fn an_operator_move_sets_the_new_region_under_a_higher_epoch() {
     assert!(assigned);
     assert_eq!(home.region, "us");
     assert_eq!(home.epoch, before.epoch + 1);
+    assert_eq!(
+        before.previous_region, None,
+        "a first assignment has no predecessor"
+    );
+    assert_eq!(
+        home.previous_region.as_deref(),
+        Some("eu"),
+        "the new home knows whom to ask"
+    );
     assert_eq!(state.catalog().home("app/chat"), Some(&home));
 }
 

@@ -78,6 +78,20 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, AblyError> {
 /// A relay's request as a frame body, and the request an answer to it must name.
 pub fn outgoing(out: BridgeOut) -> (Body, Option<u64>) {
     match out {
+        BridgeOut::Handoff {
+            channel,
+            req,
+            epoch,
+            ..
+        } => {
+            let (app_id, channel) = split_key(&channel);
+            let body = Body::HandoffRequest(pb::HandoffRequest {
+                app_id,
+                channel,
+                epoch,
+            });
+            (body, Some(req))
+        }
         BridgeOut::History {
             channel,
             req,
@@ -196,8 +210,40 @@ pub fn incoming(frame: pb::BridgeFrame, numbering: &mut Numbering) -> Vec<Bridge
             };
             vec![BridgeIn::HistoryPage { req, result }]
         }
-        Body::Hello(_) | Body::Interest(_) | Body::Forward(_) | Body::HistoryRead(_) => Vec::new(),
+        Body::HandoffReply(reply) => handed_over(reply, numbering),
+        Body::Hello(_)
+        | Body::Interest(_)
+        | Body::Forward(_)
+        | Body::HistoryRead(_)
+        | Body::HandoffRequest(_) => Vec::new(),
     }
+}
+
+fn handed_over(reply: pb::HandoffReply, numbering: &mut Numbering) -> Vec<BridgeIn> {
+    let Some(req) = numbering.forwards.remove(&reply.request_seq) else {
+        return Vec::new();
+    };
+    if reply.error_code != 0 {
+        // Not handed over (the previous home could not confirm the move in time): the
+        // new home asks again until its own bound runs out.
+        debug!(
+            code = reply.error_code,
+            "handoff refused: {}", reply.error_message
+        );
+        return Vec::new();
+    }
+    let state = if reply.snapshot.is_empty() {
+        None
+    } else {
+        match rmp_serde::from_slice(&reply.snapshot) {
+            Ok(state) => Some(state),
+            Err(error) => {
+                debug!("undecodable handoff state: {error}");
+                return Vec::new();
+            }
+        }
+    };
+    vec![BridgeIn::HandedOver { req, state }]
 }
 
 fn entries(entries: &[pb::SequencedEntry]) -> Result<Vec<Entry>, AblyError> {

@@ -79,7 +79,8 @@ impl Dialer {
         let region = match &out {
             BridgeOut::Interest { region, .. }
             | BridgeOut::Forward { region, .. }
-            | BridgeOut::History { region, .. } => region.clone(),
+            | BridgeOut::History { region, .. }
+            | BridgeOut::Handoff { region, .. } => region.clone(),
         };
         let tx = self.links.entry(region.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();

@@ -155,6 +155,7 @@ impl ServedLink {
             Some(Body::Interest(interest)) => self.on_interest(interest),
             Some(Body::Forward(forward)) => self.on_forward(forward, origin_seq),
             Some(Body::HistoryRead(read)) => self.on_history(read, origin_seq),
+            Some(Body::HandoffRequest(request)) => self.on_handoff(request, origin_seq),
             Some(other) => debug!(?other, "unexpected bridge frame"),
             None => debug!("empty bridge frame"),
         }
@@ -282,6 +283,22 @@ impl ServedLink {
 }
 
 impl ServedLink {
+    /// This region was the channel's home and the new home asks for it: once this
+    /// node's view, and then that of the node that mastered the channel here, show the
+    /// move (so nothing here acknowledges publishes of it any more), the state goes
+    /// to the new home.
+    fn on_handoff(&self, request: pb::HandoffRequest, origin_seq: u64) {
+        let key = channel_key(&request.app_id, &request.channel);
+        let node = self.node.clone();
+        let numbering = self.numbering.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let reply = handed_over(&node, &key, request.epoch, origin_seq).await;
+            let frame = numbering.lock().frame(Body::HandoffReply(reply));
+            let _ = tx.send(frame);
+        });
+    }
+
     /// Reads history here, the home, through this node's region like a REST read.
     fn on_history(&self, read: pb::HistoryRead, origin_seq: u64) {
         let key = channel_key(&read.app_id, &read.channel);
@@ -322,6 +339,40 @@ impl ServedLink {
             let frame = numbering.lock().frame(Body::HistoryPage(page));
             let _ = tx.send(frame);
         });
+    }
+}
+
+/// How long the previous home tries to confirm the move before it answers no.
+const HANDOFF_CONFIRM: std::time::Duration = std::time::Duration::from_secs(4);
+
+async fn handed_over(node: &Node, key: &str, epoch: u64, origin_seq: u64) -> pb::HandoffReply {
+    let deadline = tokio::time::Instant::now() + HANDOFF_CONFIRM;
+    while tokio::time::Instant::now() < deadline {
+        let seen = node
+            .control
+            .known_home(key)
+            .is_some_and(|h| h.epoch >= epoch);
+        if seen {
+            if let Ok(state) = node.region.handoff(key, epoch).await {
+                let snapshot = state
+                    .map(|s| rmp_serde::to_vec_named(&s).expect("snapshots serialise"))
+                    .unwrap_or_default();
+                return pb::HandoffReply {
+                    request_seq: origin_seq,
+                    snapshot,
+                    error_code: 0,
+                    error_message: String::new(),
+                };
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let error = AblyError::Timeout("the move has not reached this region yet".into());
+    pb::HandoffReply {
+        request_seq: origin_seq,
+        snapshot: Vec::new(),
+        error_code: error.code() as u32,
+        error_message: error.to_string(),
     }
 }
 

@@ -33,6 +33,8 @@ pub enum HomeRequest {
 pub struct HomeView {
     pub region: String,
     pub epoch: u64,
+    /// The home before a move or a region loss, which hands the channel over.
+    pub previous: Option<String>,
 }
 
 impl RegionState {

@@ -53,9 +53,11 @@ pub(super) struct Acquire {
     /// once every live peer is in here; the others are asked again on every tick, so
     /// a lost request or reply, or a peer that was not ready, only delays it.
     answered: BTreeSet<NodeId>,
-    best: Option<Snapshot>,
-    max_epoch: u64,
+    pub best: Option<Snapshot>,
+    pub max_epoch: u64,
     pub queued: Vec<(NodeId, ChannelMsg)>,
+    /// Where the previous home's handover stands, when the home moved here.
+    pub handover: super::handoff::Handover,
 }
 
 impl RegionState {
@@ -477,6 +479,7 @@ impl RegionState {
             best: own.map(|r| r.core.snapshot()),
             max_epoch,
             queued: Vec::new(),
+            handover: super::handoff::Handover::NotAsked,
         };
         self.acquiring.insert(channel.to_owned(), acquire);
         self.ask_for_state(channel);
@@ -579,8 +582,19 @@ impl RegionState {
         let Some(home) = self.homes.get(channel).cloned() else {
             return;
         };
+        if home.region == self.region && self.handover_pending(channel, &home) {
+            return;
+        }
         let acquire = self.acquiring.remove(channel).expect("checked");
         if home.region != self.region {
+            // What this node held stays a copy: the new home may ask for it (handoff).
+            if let Some(best) = acquire.best {
+                let mut core = ChannelMaster::new(public_name(channel), 0, self.limits.clone());
+                let epoch = best.last.epoch.max(acquire.max_epoch);
+                core.restore(best);
+                self.replicas
+                    .insert(channel.to_owned(), Replica { core, epoch });
+            }
             match self.bridges {
                 Some(_) => self.start_relay(channel, &home, acquire.queued),
                 None => self.refuse_homed_elsewhere(channel, &home.region, acquire.queued),

@@ -8,6 +8,7 @@
 //! applied in a single order.
 
 mod client;
+mod handoff;
 mod home;
 mod master;
 pub mod msg;
@@ -102,6 +103,8 @@ pub struct RegionState {
     links_up: BTreeSet<String>,
     /// Set when the node has bridges; without them channels homed elsewhere are refused.
     bridges: Option<BridgeLimits>,
+    /// State requests of a handoff this node serves as the previous home, by request.
+    handoffs: HashMap<u64, handoff::HandoffWait>,
     /// Messages to send, in order. Those addressed to this node are handled locally.
     pub out: Vec<(NodeId, ChannelMsg)>,
 }
@@ -133,6 +136,7 @@ impl RegionState {
             bridge_out: Vec::new(),
             links_up: BTreeSet::new(),
             bridges: None,
+            handoffs: HashMap::new(),
             out: Vec::new(),
         };
         state.set_view([me.to_owned()].into_iter().collect(), 1);
@@ -182,6 +186,7 @@ impl RegionState {
         self.retry_history();
         self.touch_homes();
         self.tick_relays();
+        self.expire_handoffs();
         self.sweep();
     }
 
@@ -231,6 +236,14 @@ impl RegionState {
             } => self.on_replicated(from, &channel, epoch, upto),
             ChannelMsg::Fenced { channel, epoch } => self.on_fenced(&channel, epoch),
             ChannelMsg::StateRequest { channel } => self.on_state_request(from, &channel),
+            ChannelMsg::HandoffRequest {
+                channel,
+                req,
+                epoch,
+            } => self.on_handoff_request(from, &channel, req, epoch),
+            ChannelMsg::HandoffState { req, ready, state } => {
+                self.on_handoff_state(req, ready, state)
+            }
             ChannelMsg::StateReply {
                 channel,
                 ready,
@@ -398,6 +411,11 @@ pub enum Command {
         channel: String,
         reply: oneshot::Sender<Placement>,
     },
+    Handoff {
+        channel: String,
+        epoch: u64,
+        reply: oneshot::Sender<Result<Option<crate::channel_master::Snapshot>, ()>>,
+    },
 }
 
 /// Where a channel lives in this node's current view.
@@ -524,6 +542,22 @@ impl Region {
             reply,
         });
         rx.await.unwrap_or_default()
+    }
+
+    /// As the channel's previous home: its state once this region's master of it has
+    /// seen the move to a home under `epoch`; `Err` while it has not.
+    pub async fn handoff(
+        &self,
+        channel: &str,
+        epoch: u64,
+    ) -> Result<Option<crate::channel_master::Snapshot>, ()> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Handoff {
+            channel: channel.to_owned(),
+            epoch,
+            reply,
+        });
+        rx.await.unwrap_or(Err(()))
     }
 
     pub async fn stats(&self) -> RegionStats {
@@ -724,6 +758,11 @@ fn handle_command(state: &mut RegionState, command: Command) {
             };
             let _ = reply.send(placement);
         }
+        Command::Handoff {
+            channel,
+            epoch,
+            reply,
+        } => state.handoff(&channel, epoch, reply),
         Command::Stats { reply } => {
             let stats = RegionStats {
                 channels: state.channel_count(),

@@ -82,6 +82,20 @@ pub enum ChannelMsg {
     /// Copy holder → master: a master with a higher epoch exists; stop sequencing.
     Fenced { channel: String, epoch: u64 },
 
+    /// Any node of a channel's previous home → the node that mastered it there: once
+    /// your view shows the home moved under `epoch`, what do you hold of it?
+    HandoffRequest {
+        channel: String,
+        req: u64,
+        epoch: u64,
+    },
+    /// Reply: `ready` is false while the node's view still names this region home.
+    HandoffState {
+        req: u64,
+        ready: bool,
+        state: Option<Snapshot>,
+    },
+
     /// New master → every peer: what do you hold of this channel?
     StateRequest { channel: String },
     /// Reply: `ready` is false while the peer still sequences the channel itself (its

@@ -52,6 +52,14 @@ pub enum BridgeOut {
         req: u64,
         query: HistoryQuery,
     },
+    /// Ask the channel's previous home (`region`) to hand it over to this one, the new
+    /// home under `epoch`; answered by [`BridgeIn::HandedOver`] for `req`.
+    Handoff {
+        region: String,
+        channel: String,
+        req: u64,
+        epoch: u64,
+    },
     /// Have the home sequence this publish; answered by [`BridgeIn::Ack`] for `req`.
     Forward {
         region: String,
@@ -91,6 +99,8 @@ pub enum BridgeIn {
         req: u64,
         result: Result<HistoryPage, ErrorInfo>,
     },
+    /// The previous home's answer to the handoff `req`: its state, if it held any.
+    HandedOver { req: u64, state: Option<Snapshot> },
     /// The region asked will not serve the channel (it is not, or no longer, its home).
     Refused { channel: String, error: ErrorInfo },
 }
@@ -364,6 +374,7 @@ impl RegionState {
                 entries,
             } => self.on_home_sequenced(&channel, previous, entries),
             BridgeIn::Ack { req, result } => self.on_home_ack(req, result),
+            BridgeIn::HandedOver { req, state } => self.on_handed_over(req, state),
             BridgeIn::HistoryPage { req, result } => {
                 let found = (self.relays.values_mut()).find_map(|slot| slot.reads.remove(&req));
                 if let Some(read) = found {

@@ -165,6 +165,7 @@ impl Sim {
             let home = HomeView {
                 region: REGION.to_owned(),
                 epoch: self.now as u64,
+                previous: None,
             };
             self.set_home(&channel, home);
         }
@@ -676,6 +677,14 @@ fn describe(msg: &ChannelMsg) -> String {
             format!("Subscribe {channel} from {:?}", from.as_ref().map(short))
         }
         ChannelMsg::Unsubscribe { channel } => format!("Unsubscribe {channel}"),
+        ChannelMsg::HandoffRequest {
+            channel,
+            req,
+            epoch,
+        } => {
+            format!("HandoffRequest {channel} req {req} epoch {epoch}")
+        }
+        ChannelMsg::HandoffState { req, ready, .. } => format!("HandoffState req {req} {ready}"),
         ChannelMsg::HomedElsewhere { channel, region } => {
             format!("HomedElsewhere {channel} in {region}")
         }
@@ -1505,6 +1514,7 @@ fn a_channel_homed_in_another_region_is_never_sequenced_here() {
     let far = HomeView {
         region: "far".into(),
         epoch: START_MS as u64,
+        previous: None,
     };
     sim.set_home(&ch, far);
 
@@ -1545,6 +1555,7 @@ fn a_master_steps_down_when_the_home_moves_away_and_resumes_above_it_when_it_ret
     let moved = HomeView {
         region: "far".into(),
         epoch: sim.now as u64,
+        previous: None,
     };
     sim.set_home(&ch, moved);
     assert_eq!(
@@ -1563,6 +1574,7 @@ fn a_master_steps_down_when_the_home_moves_away_and_resumes_above_it_when_it_ret
     let back = HomeView {
         region: REGION.into(),
         epoch: sim.now as u64 + 5_000,
+        previous: None,
     };
     sim.set_home(&ch, back.clone());
     let mut again = sim.publish("a", &ch, "pub", 3);
