@@ -62,6 +62,9 @@ pub struct ControlPlane {
     seen: watch::Sender<u64>,
     /// Becomes true once the copy was first loaded (an empty catalog has version 0).
     loaded: watch::Sender<bool>,
+    /// Whether this node follows the global master now: always for the embedded
+    /// member; for an external group, while a watch stream is open.
+    following: std::sync::atomic::AtomicBool,
     /// Where home changes go, once the region task follows them.
     homes: Mutex<Option<mpsc::UnboundedSender<HomeEvent>>>,
     /// This node's region: where channels first used here are homed.
@@ -101,6 +104,7 @@ impl ControlPlane {
             seen: watch::channel(0).0,
             loaded: watch::channel(false).0,
             homes: Mutex::new(None),
+            following: std::sync::atomic::AtomicBool::new(config.global.members.is_empty()),
             region: config.node.region.clone(),
             bridges: Mutex::new(Vec::new()),
             timeout: Duration::from_millis(config.global.request_timeout_ms),
@@ -212,6 +216,11 @@ impl ControlPlane {
     /// the next heartbeat if the catalog holds others.
     pub fn set_bridges(&self, addrs: Vec<String>) {
         *self.bridges.lock() = addrs;
+    }
+
+    /// Whether the node follows the global master's changes now (for `/health`).
+    pub fn following(&self) -> bool {
+        self.following.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The channel's home as this node's catalog copy shows it.
@@ -393,6 +402,8 @@ impl ControlPlane {
             let from = self.seen.borrow().to_owned();
             match client.watch(addr, from).await {
                 Ok(mut stream) => loop {
+                    self.following
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     match stream.message().await {
                         Ok(Some(event)) => match WatchItem::decode(&event) {
                             Ok(WatchItem::Snapshot(catalog)) => self.replace(catalog),
@@ -415,6 +426,8 @@ impl ControlPlane {
                 },
                 Err(error) => debug!(member = %addr, "cannot watch: {error}"),
             }
+            self.following
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep(WATCH_RETRY).await;
         }
     }

@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 use crate::channels::channel_key;
 use crate::node::Node;
 
-/// Ready once the node has joined its region's mesh (or has none) and sees a strict
-/// majority of the region's known members, without which it may not sequence. The
+/// Ready once the node has joined its region's mesh (or has none), sees a strict
+/// majority of the region's known members, without which it may not sequence, and
+/// follows the global master (which homes channels and holds the apps). The
 /// body names what is missing and says when fewer copies than configured can exist.
 pub async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
     let stats = node.region.stats().await;
@@ -29,6 +30,10 @@ pub async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
     if !stats.quorum {
         missing.push("quorum: fewer than a majority of the region's nodes are reachable");
     }
+    let following = node.control.following();
+    if !following {
+        missing.push("global master: not reached (no watch stream open)");
+    }
     let ready = missing.is_empty();
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
@@ -39,6 +44,8 @@ pub async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
         "channels": stats.channels,
         "masters": stats.masters,
         "mesh": {"live": stats.live_nodes, "known": stats.known_nodes, "joined": joined},
+        "global_master": {"following": following},
+        "relays": stats.relays,
         "copies": {"wanted": wanted, "available": available, "degraded": available < wanted},
     });
     let status = if ready {

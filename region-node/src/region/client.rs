@@ -290,8 +290,8 @@ impl RegionState {
     /// The master says the channel is homed in another region: nothing local can be
     /// served. Publishes are refused and attachments end with a channel ERROR, all
     /// with a retriable error, so clients try again (the home may move here).
-    // TODO: relay to the home region over a bridge instead of refusing; that is the
-    // federation issue's work, and until then a channel is usable only in its home.
+    // Only a node without bridges (`[bridge] listen` unset) says so: with bridges the
+    // master's node relays the channel from its home instead.
     pub(super) fn on_homed_elsewhere(&mut self, from: NodeId, channel: &str, region: &str) {
         let Some(slot) = self.clients.get_mut(channel) else {
             return;

@@ -426,12 +426,18 @@ pub struct Placement {
     pub owners: Vec<NodeId>,
     /// The epoch this node sequences the channel under, when it is the master.
     pub epoch: Option<u64>,
+    /// The channel's home region as this node knows it, if it has one.
+    pub home: Option<String>,
+    /// Whether this node relays the channel from its home (another region).
+    pub relaying: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RegionStats {
     pub channels: usize,
     pub masters: usize,
+    /// Channels homed in other regions that this node relays.
+    pub relays: usize,
     pub live_nodes: usize,
     pub known_nodes: usize,
     pub quorum: bool,
@@ -754,6 +760,8 @@ fn handle_command(state: &mut RegionState, command: Command) {
             let placement = Placement {
                 owners: state.ring.owners(&channel, state.replication),
                 epoch: state.masters.get(&channel).map(|m| m.core.epoch()),
+                home: state.homes.get(&channel).map(|h| h.region.clone()),
+                relaying: state.relays.contains_key(&channel),
                 channel: crate::channels::public_name(&channel).to_owned(),
             };
             let _ = reply.send(placement);
@@ -767,6 +775,7 @@ fn handle_command(state: &mut RegionState, command: Command) {
             let stats = RegionStats {
                 channels: state.channel_count(),
                 masters: state.masters_count(),
+                relays: state.relays.len(),
                 live_nodes: state.live.len(),
                 known_nodes: state.known,
                 quorum: state.has_quorum(),
