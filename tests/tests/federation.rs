@@ -435,3 +435,58 @@ async fn moving_a_home_under_load_keeps_one_order_without_loss_or_duplicates() -
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_gap_the_home_no_longer_covers_is_reported_as_attached_with_an_error() -> Result<()> {
+    let group = GlobalGroup::start(3).await?;
+    let port = free_port()?;
+    let proxy = starling_tests::proxy::Proxy::start(format!("127.0.0.1:{port}").parse()?).await?;
+    // The home keeps only its last 5 messages.
+    let small = "\n[history]\nmax_messages = 5\nmin_messages = 1\n";
+    let eu = node_behind(&group, "eu", port, &proxy, small).await?;
+    let us = bridged_node(&group, "us").await?;
+
+    let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
+    publish_outcome(&mut eu_pub, "gappy", "eu-0").await?;
+    let mut us_sub = Client::connect(&us, "", Format::Json).await?;
+    attach_when_linked(&mut us_sub, "gappy").await?;
+    publish_outcome(&mut eu_pub, "gappy", "eu-1").await?;
+    us_sub.next_message("gappy").await?;
+
+    eprintln!("phase: cut while the home sequences more than it retains");
+    proxy.cut();
+    for i in 2..22 {
+        publish_outcome(&mut eu_pub, "gappy", &format!("eu-{i}")).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.heal();
+
+    eprintln!("phase: the subscriber is told of the gap, never silently continued");
+    let told = us_sub
+        .recv_until(
+            |f| is_action(f, action::ATTACHED) && f["channel"] == "gappy",
+            Duration::from_secs(20),
+        )
+        .await?;
+    let flags = told["flags"].as_i64().unwrap_or(0);
+    ensure!(flags & 4 == 0, "continuity claimed across a gap: {told}");
+    ensure!(
+        told["error"]["code"].as_i64().is_some(),
+        "no error with the gap: {told}"
+    );
+
+    let after = publish_outcome(&mut eu_pub, "gappy", "eu-after").await?;
+    ensure!(is_action(&after, action::ACK), "{after}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = us_sub.next_message("gappy").await?;
+        if frame["messages"][0]["name"] == "eu-after" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "live traffic did not resume after the gap"
+        );
+    }
+    Ok(())
+}

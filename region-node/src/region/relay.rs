@@ -449,11 +449,21 @@ impl RegionState {
             // A fresh start, or the home no longer holds what came after the relay's
             // position: continue from the home's position. ChannelClients that held
             // more than the relay notice the gap when they subscribe again.
-            if slot.started {
-                debug!(channel.name = channel, error = ?error, "relay continues with a gap");
-            }
+            let gap = slot.started && slot.core.position() < position;
             slot.core.restore(starting_at(position));
             slot.started = true;
+            if gap {
+                // ChannelClients held what the relay held; sent to subscribe again, they
+                // hear that history no longer reaches back and tell their connections.
+                debug!(channel.name = channel, error = ?error, "relay continues with a gap");
+                let told = std::mem::take(&mut slot.subscribers);
+                for node in told {
+                    let msg = ChannelMsg::NotMaster {
+                        channel: channel.to_owned(),
+                    };
+                    self.out.push((node, msg));
+                }
+            }
         }
         slot.linked = true;
         let waiting = std::mem::take(&mut slot.waiting);
