@@ -85,6 +85,12 @@ pub struct GlobalConfig {
     /// does not expire its home (keep it well below the global master's
     /// `homes.idle_expiry_ms`).
     pub home_touch_ms: u64,
+    /// How long a committed heartbeat lets the region sequence. A region the global
+    /// master has not confirmed for this long stops (NACKs 50003 and sends clients
+    /// away), so a region cut off from the global master cannot sequence beside a new
+    /// home; a new home waits this long (plus a margin) for a previous home that does
+    /// not answer its handoff.
+    pub lease_ms: u64,
 }
 
 impl Default for GlobalConfig {
@@ -94,6 +100,7 @@ impl Default for GlobalConfig {
             request_timeout_ms: 10_000,
             heartbeat_ms: 5_000,
             home_touch_ms: 3_600_000,
+            lease_ms: 15_000,
         }
     }
 }
@@ -455,6 +462,15 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     if config.mesh.replication_factor == 0 {
         return bad("mesh.replication_factor must be at least 1".into());
+    }
+    if config.global.lease_ms <= 2 * config.global.heartbeat_ms {
+        return bad(
+            "global.lease_ms must exceed two global.heartbeat_ms, or it lapses between heartbeats"
+                .into(),
+        );
+    }
+    if config.bridge.listen.is_some() && config.tls.files().is_none() {
+        return bad("bridge.listen needs [tls] ca_cert, cert and key".into());
     }
     if config.mesh.keepalive_ms == 0 || config.mesh.failure_timeout_ms <= config.mesh.keepalive_ms {
         return bad("mesh.failure_timeout_ms must exceed mesh.keepalive_ms (> 0)".into());

@@ -38,6 +38,9 @@ pub enum HomeEvent {
     Replace(Vec<(String, HomeView)>),
 }
 
+/// How often the lease clock looks whether the lease ran out.
+const LEASE_CHECK: Duration = Duration::from_millis(100);
+
 /// Pause before following another member after a watch stream failed.
 const WATCH_RETRY: Duration = Duration::from_millis(500);
 
@@ -62,6 +65,11 @@ pub struct ControlPlane {
     seen: watch::Sender<u64>,
     /// Becomes true once the copy was first loaded (an empty catalog has version 0).
     loaded: watch::Sender<bool>,
+    /// Whether the region may sequence: the global master committed one of its
+    /// heartbeats less than `lease_period` ago (design.md "Never two sequencers").
+    lease: watch::Sender<bool>,
+    lease_until: Mutex<Option<tokio::time::Instant>>,
+    lease_period: Duration,
     /// Whether this node follows the global master now: always for the embedded
     /// member; for an external group, while a watch stream is open.
     following: std::sync::atomic::AtomicBool,
@@ -105,6 +113,9 @@ impl ControlPlane {
             loaded: watch::channel(false).0,
             homes: Mutex::new(None),
             following: std::sync::atomic::AtomicBool::new(config.global.members.is_empty()),
+            lease: watch::channel(false).0,
+            lease_until: Mutex::new(None),
+            lease_period: Duration::from_millis(config.global.lease_ms),
             region: config.node.region.clone(),
             bridges: Mutex::new(Vec::new()),
             timeout: Duration::from_millis(config.global.request_timeout_ms),
@@ -115,7 +126,8 @@ impl ControlPlane {
         if control.apps.is_empty() {
             control.create_default_app().await?;
         }
-        control.register_region().await;
+        control.first_heartbeat().await;
+        control.clone().spawn_lease_clock();
         control.clone().spawn_heartbeat(
             config.node.region.clone(),
             Duration::from_millis(config.global.heartbeat_ms),
@@ -131,52 +143,91 @@ impl ControlPlane {
             let mut ticker = tokio::time::interval(period);
             loop {
                 ticker.tick().await;
-                let known = self.catalog.lock().region(&region).cloned();
-                let bridges = self.bridges.lock().clone();
-                let command = match known.map(|r| (r.lost, r.bridges)) {
-                    None => Command::RegisterRegion {
-                        name: region.clone(),
-                        bridges,
-                        now_ms: now_ms() as u64,
-                    },
-                    Some((false, registered)) if registered != bridges && !bridges.is_empty() => {
-                        Command::RegisterRegion {
-                            name: region.clone(),
-                            bridges,
-                            now_ms: now_ms() as u64,
-                        }
-                    }
-                    Some((false, _)) => Command::RegionHeartbeat {
-                        name: region.clone(),
-                        now_ms: now_ms() as u64,
-                    },
-                    Some((true, _)) => {
-                        warn!(region = %region, "this region is declared lost; not reporting it alive");
-                        continue;
-                    }
+                let Some(command) = self.heartbeat_command(&region) else {
+                    continue;
                 };
-                if let Err(error) = self.write(command).await {
-                    debug!(region = %region, "region heartbeat not recorded: {error}");
+                let sent = tokio::time::Instant::now();
+                match self.write(command).await {
+                    Ok(_) => self.renew_lease(sent),
+                    Err(error) => {
+                        debug!(region = %region, "region heartbeat not recorded: {error}")
+                    }
                 }
             }
         });
     }
 
-    /// Registers the region before the node serves, so the first channel used here is
-    /// homed here (an unregistered region is not live, and homes go to live regions).
-    async fn register_region(&self) {
-        let known = self.catalog.lock().region(&self.region).is_some();
-        if known {
-            return;
-        }
-        let command = Command::RegisterRegion {
-            name: self.region.clone(),
-            bridges: Vec::new(),
+    /// What tells the global master the region is alive: a registration when it is
+    /// unknown or its bridge addresses changed, else a heartbeat; nothing for a region
+    /// declared lost (it stays out until registered on purpose, and its lease lapses).
+    fn heartbeat_command(&self, region: &str) -> Option<Command> {
+        let known = self.catalog.lock().region(region).cloned();
+        let bridges = self.bridges.lock().clone();
+        let register = |bridges| Command::RegisterRegion {
+            name: region.to_owned(),
+            bridges,
             now_ms: now_ms() as u64,
         };
+        match known.map(|r| (r.lost, r.bridges)) {
+            None => Some(register(bridges)),
+            Some((false, registered)) if registered != bridges && !bridges.is_empty() => {
+                Some(register(bridges))
+            }
+            Some((false, _)) => Some(Command::RegionHeartbeat {
+                name: region.to_owned(),
+                now_ms: now_ms() as u64,
+            }),
+            Some((true, _)) => {
+                warn!(region = %region, "this region is declared lost; not reporting it alive");
+                None
+            }
+        }
+    }
+
+    /// A heartbeat sent at `sent` was committed: the region may sequence until
+    /// `sent + lease_ms`. Counting from the send, not the answer, keeps the lease
+    /// inside the time the global master last heard of the region.
+    fn renew_lease(&self, sent: tokio::time::Instant) {
+        *self.lease_until.lock() = Some(sent + self.lease_period);
+        self.lease
+            .send_if_modified(|held| !std::mem::replace(held, true));
+    }
+
+    /// Whether this region holds its sequencing lease, as it changes.
+    pub fn lease(&self) -> watch::Receiver<bool> {
+        self.lease.subscribe()
+    }
+
+    /// Drops the lease once it ran out (checked often, so it lapses on time).
+    fn spawn_lease_clock(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(LEASE_CHECK);
+            loop {
+                ticker.tick().await;
+                let until = *self.lease_until.lock();
+                let held = until.is_some_and(|u| tokio::time::Instant::now() < u);
+                let lapsed = self
+                    .lease
+                    .send_if_modified(|h| std::mem::replace(h, held) != held);
+                if lapsed && !held {
+                    warn!(region.id = %self.region, "sequencing lease lapsed: the global master has not confirmed this region in time");
+                }
+            }
+        });
+    }
+
+    /// Registers the region (or reports it alive) before the node serves, so the first
+    /// channel used here is homed here (an unregistered region is not live, and homes go
+    /// to live regions), and so the node starts with its sequencing lease.
+    async fn first_heartbeat(&self) {
+        let Some(command) = self.heartbeat_command(&self.region) else {
+            return;
+        };
+        let sent = tokio::time::Instant::now();
         match self.write(command).await {
             Ok(_) => {
-                info!(region.id = %self.region, "registered the region with the global master")
+                self.renew_lease(sent);
+                info!(region.id = %self.region, "region registered with the global master");
             }
             Err(error) => warn!(region.id = %self.region, "region not registered yet: {error}"),
         }

@@ -27,7 +27,9 @@ pub async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<Value>) {
     if !stats.settled {
         missing.push("mesh: still meeting members of the region");
     }
-    if !stats.quorum {
+    if !stats.lease {
+        missing.push("lease: the global master has not confirmed this region recently");
+    } else if !stats.quorum {
         missing.push("quorum: fewer than a majority of the region's nodes are reachable");
     }
     let following = node.control.following();

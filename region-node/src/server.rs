@@ -55,6 +55,8 @@ pub async fn build_node(
     };
     let settings = RegionSettings {
         node_id: config.node.id.clone(),
+        // The lease and a margin for the clocks of the two regions' timers.
+        handoff_wait_ms: i64::try_from(config.global.lease_ms + 2_000).unwrap_or(i64::MAX),
         region: config.node.region.clone(),
         replication: config.mesh.replication_factor,
         limits: config.history.clone(),

@@ -155,13 +155,26 @@ async fn apps_are_shared_across_regions_and_survive_a_member_loss() -> Result<()
 async fn admin_writes_fail_retriably_without_a_quorum_while_known_apps_keep_working() -> Result<()>
 {
     let mut group = GlobalGroup::start(3).await?;
-    let node = region_node(&group, "eu").await?;
+    let config = format!(
+        "[node]\nid = \"eu-1\"\nregion = \"eu\"\n\n{}",
+        group.node_config("eu")?
+    );
+    // A short lease, so the test sees it lapse.
+    let options = NodeOptions::default()
+        .config(config)
+        .env("STARLING_GLOBAL__LEASE_MS", "4000");
+    let node = Node::start_with(options).await?;
     let mut client = Client::connect(&node, "", Format::Msgpack).await?;
     client
         .publish_acked("still", json!([{"name": "homed"}]))
         .await?;
     group.kill(1);
     group.kill(2);
+
+    // Within the lease, channels whose home the node knows keep working.
+    client
+        .publish_acked("still", json!([{"name": "up"}]))
+        .await?;
 
     let response = rest::http()
         .post(node.url("/apps"))
@@ -177,27 +190,41 @@ async fn admin_writes_fail_retriably_without_a_quorum_while_known_apps_keep_work
         "without a quorum an app cannot be created: {status} {body}"
     );
 
-    // Apps already known keep working from the node's copy, on channels whose home
-    // the node already knows.
-    client
-        .publish_acked("still", json!([{"name": "up"}]))
-        .await?;
-
-    // A channel never used needs a home, which only a quorum can assign: the publish
-    // is refused retriably rather than sequenced on a guess.
+    // A channel never used needs a home, which only a quorum can assign, and once the
+    // lease lapses the region sequences nothing: either way the client is refused
+    // retriably (a NACK, or DISCONNECTED so it goes elsewhere), never answered on a
+    // guess.
     let msg_serial = client.publish("unhomed", json!([{"name": "x"}])).await?;
     let reply = client
         .recv_until(
             |f| {
-                (is_action(f, action::ACK) || is_action(f, action::NACK))
-                    && f["msgSerial"] == msg_serial
+                ((is_action(f, action::ACK) || is_action(f, action::NACK))
+                    && f["msgSerial"] == msg_serial)
+                    || is_action(f, action::DISCONNECTED)
             },
             Duration::from_secs(30),
         )
         .await?;
     ensure!(
-        is_action(&reply, action::NACK) && reply["error"]["code"] == 50003,
+        !is_action(&reply, action::ACK) && reply["error"]["code"] == 50003,
         "a publish needing a home without a quorum: {reply}"
     );
+
+    // With the lease gone the node says so and is not ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = rest::http().get(node.url("/health")).send().await?;
+        let status = health.status();
+        let body: Value = health.json().await?;
+        let lapsed = body["missing"].to_string().contains("lease");
+        if status == StatusCode::SERVICE_UNAVAILABLE && lapsed {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the lease never lapsed: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }

@@ -9,8 +9,10 @@
 //! held. The new master continues from there under its higher epoch: the same order,
 //! nothing lost, no message applied twice (the remembered ids travel too).
 //!
-//! A previous home that cannot be reached (a lost region) cannot answer; after a bound
-//! the new home proceeds with what its own region holds, and says so in the log.
+//! A previous home that cannot be reached (a lost region) cannot answer; the new home
+//! waits out the previous home's sequencing lease (see `[global] lease_ms`), after which
+//! a previous home cut off from the global master has stopped on its own, then proceeds
+//! with what its own region holds, and says so in the log.
 
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -20,8 +22,8 @@ use super::relay::BridgeOut;
 use super::{HomeView, NodeId, RegionState};
 use crate::channel_master::Snapshot;
 
-/// How long a new home waits for its previous home before it proceeds without it.
-pub(super) const HANDOFF_WAIT_MS: i64 = 5_000;
+/// Default for [`RegionState::set_handoff_wait_ms`] (the default lease plus a margin).
+pub(super) const DEFAULT_HANDOFF_WAIT_MS: i64 = 17_000;
 /// How often the request is repeated while unanswered (links can be replaced).
 const HANDOFF_RESEND_MS: i64 = 1_000;
 /// How long the previous home's side keeps an unanswered state request.
@@ -70,7 +72,7 @@ impl RegionState {
         }
         let ask = match acquire.handover.clone() {
             Handover::Done => return false,
-            Handover::Asked { since_ms, .. } if now - since_ms > HANDOFF_WAIT_MS => {
+            Handover::Asked { since_ms, .. } if now - since_ms > self.handoff_wait_ms => {
                 warn!(channel.name = channel, home.previous = %previous, "previous home did not hand over in time; continuing from this region's state");
                 acquire.handover = Handover::Done;
                 return false;

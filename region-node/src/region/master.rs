@@ -125,8 +125,10 @@ impl RegionState {
         self.settled && self.has_quorum() && self.ring.owner(channel) == Some(self.me.as_str())
     }
 
+    /// Whether this node may serve its region's channels at all: it sees a strict
+    /// majority of the region, and the region holds its lease from the global master.
     pub(super) fn has_quorum(&self) -> bool {
-        self.live.len() * 2 > self.known.max(self.live.len())
+        self.lease && self.live.len() * 2 > self.known.max(self.live.len())
     }
 
     fn subscribe(&mut self, from: NodeId, channel: &str, since: Option<Position>) {

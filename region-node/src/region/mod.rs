@@ -105,6 +105,10 @@ pub struct RegionState {
     bridges: Option<BridgeLimits>,
     /// State requests of a handoff this node serves as the previous home, by request.
     handoffs: HashMap<u64, handoff::HandoffWait>,
+    /// How long a new home waits for a previous home that does not answer.
+    handoff_wait_ms: i64,
+    /// Whether the region holds its sequencing lease from the global master.
+    lease: bool,
     /// Messages to send, in order. Those addressed to this node are handled locally.
     pub out: Vec<(NodeId, ChannelMsg)>,
 }
@@ -137,6 +141,8 @@ impl RegionState {
             links_up: BTreeSet::new(),
             bridges: None,
             handoffs: HashMap::new(),
+            handoff_wait_ms: handoff::DEFAULT_HANDOFF_WAIT_MS,
+            lease: true,
             out: Vec::new(),
         };
         state.set_view([me.to_owned()].into_iter().collect(), 1);
@@ -170,6 +176,23 @@ impl RegionState {
     /// How often masters keep their channels' homes from expiring.
     pub fn set_home_touch_ms(&mut self, every_ms: i64) {
         self.home_touch_ms = every_ms.max(TICK_MS as i64);
+    }
+
+    /// Whether the region holds its sequencing lease: without it no channel is
+    /// sequenced or relayed here (masters step down, publishes are refused).
+    pub fn set_lease(&mut self, held: bool) {
+        if self.lease == held {
+            return;
+        }
+        self.lease = held;
+        self.rebalance_masters();
+        self.reroute_clients();
+    }
+
+    /// How long a new home waits for a previous home that does not hand over: at
+    /// least the lease, so a previous home cut off from everything has stopped.
+    pub fn set_handoff_wait_ms(&mut self, wait_ms: i64) {
+        self.handoff_wait_ms = wait_ms;
     }
 
     pub fn set_clock(&mut self, now_ms: i64) {
@@ -441,6 +464,7 @@ pub struct RegionStats {
     pub live_nodes: usize,
     pub known_nodes: usize,
     pub quorum: bool,
+    pub lease: bool,
     pub settled: bool,
 }
 
@@ -468,6 +492,7 @@ impl Region {
             settings.limits,
         );
         state.set_home_touch_ms(settings.home_touch_ms);
+        state.set_handoff_wait_ms(settings.handoff_wait_ms);
         if let Some(link) = &bridges {
             state.enable_bridges(link.max_held, link.hold_ms);
         }
@@ -576,6 +601,7 @@ impl Region {
 /// What the region task is started with.
 pub struct RegionSettings {
     pub node_id: String,
+    pub handoff_wait_ms: i64,
     pub region: String,
     pub replication: usize,
     pub limits: HistoryConfig,
@@ -609,6 +635,9 @@ async fn run(
         Some(link) => (Some(link.dialer), Some(link.events)),
         None => (None, None),
     };
+    let mut lease = control.lease();
+    state.set_lease(*lease.borrow_and_update());
+    quorum.send_replace(state.has_quorum());
     let (homes, mut home_events) = control.follow_homes();
     state.replace_homes(homes);
 
@@ -647,6 +676,11 @@ async fn run(
                     HomeEvent::Set(channel, home) => state.set_home(&channel, home),
                     HomeEvent::Replace(homes) => state.replace_homes(homes),
                 }
+            }
+            Ok(()) = lease.changed() => {
+                state.set_clock(now_ms());
+                state.set_lease(*lease.borrow_and_update());
+                quorum.send_if_modified(|q| std::mem::replace(q, state.has_quorum()) != *q);
             }
             Some(event) = recv_bridge(&mut bridge_events) => {
                 state.set_clock(now_ms());
@@ -779,6 +813,7 @@ fn handle_command(state: &mut RegionState, command: Command) {
                 live_nodes: state.live.len(),
                 known_nodes: state.known,
                 quorum: state.has_quorum(),
+                lease: state.lease,
                 settled: state.settled,
             };
             let _ = reply.send(stats);

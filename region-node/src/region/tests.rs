@@ -1675,3 +1675,39 @@ fn a_resumed_attachment_gets_resumed_then_exactly_what_it_missed() {
     assert_eq!(frames.len(), 1, "only ATTACHED: {frames:?}");
     assert_ne!(frames[0].flags.unwrap_or(0) & flags::RESUMED, 0);
 }
+
+#[test]
+fn without_the_lease_nothing_is_sequenced_and_it_resumes_above_when_renewed() {
+    let nodes = ["a", "b", "c"];
+    let ch = channel_owned_by(&nodes, &["b", "c"]);
+    let mut sim = Sim::region(&nodes);
+    let mut first = sim.publish("a", &ch, "pub", 1);
+    sim.settle();
+    let before = first.position();
+
+    sim.phase("the global master stops confirming the region: every node loses its lease");
+    for node in nodes {
+        sim.state(node).set_lease(false);
+        sim.flush(node);
+    }
+    sim.settle();
+    assert_eq!(
+        sim.master_epoch("b", &ch),
+        None,
+        "b sequences without a lease"
+    );
+    let mut refused = sim.publish("a", &ch, "pub", 2);
+    sim.settle();
+    assert_eq!(refused.error().code, UNAVAILABLE_CODE);
+
+    sim.phase("the lease is renewed: sequencing resumes after what was there");
+    sim.now += 1_000;
+    for node in nodes {
+        sim.state(node).set_lease(true);
+        sim.flush(node);
+    }
+    let mut again = sim.publish("a", &ch, "pub", 3);
+    sim.run_for(3 * TICK_MS as i64);
+    assert!(again.position() > before);
+    assert_eq!(names(&sim.history("a", &ch)), ["pub#1", "pub#3"]);
+}
