@@ -185,6 +185,16 @@ impl ChannelMaster {
 
     /// Entries after `position`, oldest first: what a re-subscribing client missed.
     /// `None` when retention already dropped some of them.
+    /// Everything retained, oldest first.
+    pub fn retained(&self) -> Vec<Entry> {
+        (self.history.iter())
+            .map(|s| Entry {
+                position: s.position,
+                message: s.message.clone(),
+            })
+            .collect()
+    }
+
     pub fn since(&self, position: Position) -> Option<Vec<Entry>> {
         if self.pruned > position {
             return None;

@@ -17,6 +17,8 @@ use crate::error::AblyError;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{action, data, flags, ErrorInfo, Message, ProtocolMessage, PublishResult};
+use crate::region::Start;
+use crate::rewind::Rewind;
 
 struct Attachment {
     modes: i64,
@@ -201,6 +203,7 @@ impl Connection {
             capability.allows(name, op)
         })?;
         let echo = self.echo && params.get("echo").map(String::as_str) != Some("false");
+        let start = attach_start(pm, &params)?;
 
         let attached = ProtocolMessage {
             flags: Some(modes),
@@ -212,11 +215,9 @@ impl Connection {
             modes,
             echo,
         };
-        // A serial this cluster did not write cannot be continued: attach afresh.
-        let from = (pm.channel_serial.as_deref()).and_then(|serial| serial.parse().ok());
         self.node
             .region
-            .attach(&self.key(name), subscriber, attached, from);
+            .attach(&self.key(name), subscriber, attached, start);
         self.attached.insert(name.to_owned(), Attachment { modes });
         debug!(connection.id = %self.id(), channel.name = name, modes, "attaching");
         Ok(())
@@ -401,8 +402,25 @@ fn granted_modes(
 }
 
 /// The channel params Starling understands, echoed back in ATTACHED.
+/// Where an attachment starts: after the channel serial a resuming client sends, else
+/// as its `rewind` param says (first attach only), else live. A serial this cluster
+/// did not write cannot be continued, so it attaches afresh.
+fn attach_start(
+    pm: &ProtocolMessage,
+    params: &BTreeMap<String, String>,
+) -> Result<Start, AblyError> {
+    let from = (pm.channel_serial.as_deref()).and_then(|serial| serial.parse().ok());
+    if let Some(from) = from {
+        return Ok(Start::After(from));
+    }
+    match params.get("rewind") {
+        Some(text) => Ok(Start::Rewind(Rewind::parse(text, crate::node::now_ms())?)),
+        None => Ok(Start::Live),
+    }
+}
+
 fn accepted_params(params: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
-    const UNDERSTOOD: &[&str] = &["modes", "echo"];
+    const UNDERSTOOD: &[&str] = &["modes", "echo", "rewind"];
     let accepted: BTreeMap<_, _> = params
         .iter()
         .filter(|(k, _)| UNDERSTOOD.contains(&k.as_str()))

@@ -25,6 +25,7 @@ pub mod position;
 pub mod protocol;
 pub mod region;
 pub mod rest;
+pub mod rewind;
 pub mod ring;
 pub mod server;
 pub mod tls;

@@ -172,3 +172,143 @@ async fn forged_and_expired_keys_start_a_new_connection_with_80018_and_80008() -
     );
     Ok(())
 }
+
+/// ATTACHED's HAS_BACKLOG flag.
+const HAS_BACKLOG: i64 = 1 << 1;
+
+#[tokio::test]
+async fn rewind_by_count_and_by_duration_replays_the_last_messages_then_live() -> Result<()> {
+    let node = Node::start().await?;
+    let mut publisher = Client::connect(&node, "", Format::Msgpack).await?;
+    let cases = [
+        ("3", vec!["m2", "m3", "m4"]),
+        ("1m", vec!["m0", "m1", "m2", "m3", "m4"]),
+    ];
+    for (rewind, wanted) in cases {
+        let channel = format!("rewound-{rewind}");
+        for n in 0..5 {
+            publisher
+                .publish_acked(&channel, json!([{ "name": format!("m{n}") }]))
+                .await?;
+        }
+
+        let mut client = Client::connect(&node, "", Format::Json).await?;
+        let attached = client
+            .attach_with(&channel, json!({"params": {"rewind": rewind}}))
+            .await?;
+        let flags = attached["flags"].as_i64().unwrap_or(0);
+        ensure!(
+            flags & HAS_BACKLOG != 0,
+            "rewind={rewind}: no HAS_BACKLOG: {attached}"
+        );
+        ensure!(
+            attached["params"]["rewind"] == rewind,
+            "param not echoed: {attached}"
+        );
+
+        // The rewound messages, then the live one, and nothing else.
+        publisher
+            .publish_acked(&channel, json!([{"name": "live"}]))
+            .await?;
+        let got = client.collect_messages(&channel, wanted.len() + 1).await?;
+        let mut expected: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
+        expected.push("live".into());
+        ensure!(
+            names(&got) == expected,
+            "rewind={rewind} delivered {:?}",
+            names(&got)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unparseable_rewind_fails_the_attach_and_the_connection_stays_usable() -> Result<()> {
+    let node = Node::start().await?;
+    let mut client = Client::connect(&node, "", Format::Msgpack).await?;
+    let reply = client
+        .attach_with("rewound", json!({"params": {"rewind": "soon"}}))
+        .await?;
+    ensure!(
+        reply["action"] == 9 && reply["error"]["code"] == 40003,
+        "an unparseable rewind: {reply}"
+    );
+    client.attach("rewound").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rest_publish_repeated_with_its_id_is_applied_once_with_the_same_serial() -> Result<()> {
+    let node = Node::start().await?;
+    let mut watcher = Client::connect(&node, "", Format::Json).await?;
+    watcher.attach("idem").await?;
+    let publish = || async {
+        let response = starling_tests::rest::http()
+            .post(node.url("/channels/idem/messages"))
+            .header(
+                reqwest::header::AUTHORIZATION,
+                starling_tests::rest::basic(node.key()),
+            )
+            .json(&json!({"id": "client-chosen:0", "name": "once", "data": "x"}))
+            .send()
+            .await?;
+        ensure!(response.status() == 201, "publish: {}", response.status());
+        anyhow::Ok(response.json::<Value>().await?)
+    };
+    let first = publish().await?;
+    let again = publish().await?;
+    ensure!(
+        first == again,
+        "the repeat got other serials: {first} vs {again}"
+    );
+    watcher
+        .send(&json!({"action": 15, "channel": "idem", "msgSerial": 0, "messages": [{"name": "after"}]}))
+        .await?;
+    let seen = watcher.collect_messages("idem", 2).await?;
+    ensure!(
+        names(&seen) == ["once", "after"],
+        "delivered {:?}",
+        names(&seen)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn recover_with_the_recovered_channel_serial_continues_like_a_resume() -> Result<()> {
+    let node = Node::start().await?;
+    let mut publisher = Client::connect(&node, "", Format::Json).await?;
+    let mut old = Client::connect(&node, "", Format::Msgpack).await?;
+    let id = old.connection_id().to_owned();
+    let key = connection_key(&old)?;
+    old.attach("recovered").await?;
+    publisher
+        .publish_acked("recovered", json!([{"name": "seen"}]))
+        .await?;
+    let seen = old.next_message("recovered").await?;
+    let serial = seen["channelSerial"]
+        .as_str()
+        .context("channelSerial")?
+        .to_owned();
+    drop(old);
+    publisher
+        .publish_acked("recovered", json!([{"name": "missed"}]))
+        .await?;
+
+    // What a recovery key holds: the connection key and each channel's serial.
+    let query = format!("recover={}", encode_component(&key));
+    let mut recovered = Client::connect(&node, &query, Format::Msgpack).await?;
+    ensure!(
+        recovered.connection_id() == id,
+        "recover gave a new connectionId"
+    );
+    let attached = recovered
+        .attach_with("recovered", json!({ "channelSerial": serial }))
+        .await?;
+    ensure!(
+        attached["flags"].as_i64().unwrap_or(0) & RESUMED != 0,
+        "{attached}"
+    );
+    let got = recovered.collect_messages("recovered", 1).await?;
+    ensure!(names(&got) == ["missed"], "recovered {:?}", names(&got));
+    Ok(())
+}

@@ -34,6 +34,7 @@ use crate::node::Node;
 use crate::outbox::{self, Inbox, Outgoing};
 use crate::position::Position;
 use crate::protocol::{action, codec, flags, Encoded, Format, ProtocolMessage};
+use crate::region::Start;
 
 /// Bytes queued toward one remote region per channel before its interest is cut off
 /// (it declares interest again from where it was, and the home replays the rest).
@@ -216,8 +217,11 @@ impl ServedLink {
             echo: true,
         };
         let attached = ProtocolMessage::for_channel(action::ATTACHED, &interest.channel);
-        let from = interest.from.as_ref().map(frames::from_pb);
-        self.node.region.attach(&key, subscriber, attached, from);
+        let start = match interest.from.as_ref().map(frames::from_pb) {
+            Some(from) => Start::After(from),
+            None => Start::Live,
+        };
+        self.node.region.attach(&key, subscriber, attached, start);
 
         let pump = Pump {
             app_id: interest.app_id,

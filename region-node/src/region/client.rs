@@ -17,6 +17,7 @@ use crate::channels::public_name;
 use crate::error::AblyError;
 use crate::position::Position;
 use crate::protocol::{action, codec, flags, ErrorInfo, ProtocolMessage};
+use crate::rewind::Rewind;
 
 pub type PublishReply = oneshot::Sender<Result<Vec<Option<String>>, ErrorInfo>>;
 
@@ -47,13 +48,28 @@ pub(super) struct ClientSlot {
     pub inflight: BTreeMap<u64, Inflight>,
 }
 
-/// An attachment waiting for the subscription, with its ATTACHED frame and, for a
-/// resume, the channel serial it continues from.
+/// An attachment waiting for the subscription, with its ATTACHED frame and where it
+/// starts.
 pub(super) struct Waiting {
     pub subscriber: Subscriber,
     pub attached: ProtocolMessage,
-    pub from: Option<Position>,
+    pub start: Start,
 }
+
+/// Where a new attachment starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// With live traffic.
+    Live,
+    /// Right after this channel serial: a resume (or recover).
+    After(Position),
+    /// With the channel's last messages, by count or age (a first attach's `rewind`).
+    Rewind(Rewind),
+}
+
+/// A subscription from this position asks for everything the master retains. Real
+/// positions never have epoch 0 (epochs are at least the clock in ms).
+pub(super) const FROM_RETAINED: Position = Position::new(0, 0);
 
 pub(super) struct Inflight {
     pub publish: Publish,
@@ -74,18 +90,18 @@ impl RegionState {
         channel: &str,
         subscriber: Subscriber,
         attached: ProtocolMessage,
-        from: Option<Position>,
+        start: Start,
     ) {
         let slot = self.client_slot(channel);
         slot.wants_frames = true;
         if slot.subscribed {
             let position = slot.last.unwrap_or_default();
-            match from {
-                None => return admit(slot, subscriber, attached, position, Resume::No),
-                Some(from) if from == position => {
+            match start {
+                Start::Live => return admit(slot, subscriber, attached, position, Resume::No),
+                Start::After(from) if from == position => {
                     return admit(slot, subscriber, attached, position, Resume::Kept);
                 }
-                Some(_) => {
+                Start::After(_) | Start::Rewind(_) => {
                     slot.subscribed = false;
                     slot.subscribe_sent_ms = None;
                 }
@@ -94,7 +110,7 @@ impl RegionState {
         slot.waiting.push(Waiting {
             subscriber,
             attached,
-            from,
+            start,
         });
         self.follow(channel);
     }
@@ -192,16 +208,36 @@ impl RegionState {
         let error = lost.then(|| AblyError::ContinuityLost.to_info());
         let name = public_name(channel);
 
-        // Resuming attachments get what they missed first, on their own, so nothing
-        // reaches them twice; then the node's other attachments catch up.
+        // Resuming and rewinding attachments get what they asked for first, on their
+        // own, so nothing reaches them twice; then the node's other attachments catch up.
         let waiting = std::mem::take(&mut slot.waiting);
         let mut admitted = Vec::new();
         for waiting in waiting {
-            let resume = match (waiting.from, &error) {
-                (None, _) => Resume::No,
-                (Some(_), Some(error)) => Resume::Lost(error.clone()),
-                (Some(from), None) => {
-                    replay(&waiting, name, &missed, from);
+            let resume = match (waiting.start, &error) {
+                (Start::Live, _) => Resume::No,
+                (Start::After(_), Some(error)) => Resume::Lost(error.clone()),
+                (Start::After(from), None) => {
+                    let after: Vec<Entry> = (missed.iter())
+                        .filter(|e| e.position > from)
+                        .cloned()
+                        .collect();
+                    replay(&waiting, name, &after, from, flags::RESUMED);
+                    Resume::Replayed
+                }
+                (Start::Rewind(rewind), _) => {
+                    let chosen = rewind.select(&missed);
+                    // The serial before the first one replayed, so a client that drops
+                    // during the replay resumes where it really is.
+                    let before = missed.len() - chosen.len();
+                    let from = before
+                        .checked_sub(1)
+                        .map_or(FROM_RETAINED, |i| missed[i].position);
+                    let backlog = if chosen.is_empty() {
+                        0
+                    } else {
+                        flags::HAS_BACKLOG
+                    };
+                    replay(&waiting, name, chosen, from, backlog);
                     Resume::Replayed
                 }
             };
@@ -391,7 +427,13 @@ impl ClientSlot {
     /// Where a (re)subscription starts: the last position delivered here, or earlier
     /// when a resuming attachment continues from further back.
     fn subscribe_from(&self) -> Option<Position> {
-        let resumes = self.waiting.iter().filter_map(|w| w.from);
+        if (self.waiting.iter()).any(|w| matches!(w.start, Start::Rewind(_))) {
+            return Some(FROM_RETAINED);
+        }
+        let resumes = self.waiting.iter().filter_map(|w| match w.start {
+            Start::After(from) => Some(from),
+            _ => None,
+        });
         match (self.last, resumes.min()) {
             (Some(last), Some(from)) => Some(last.min(from)),
             (last, from) => last.or(from),
@@ -434,17 +476,17 @@ fn admit(
     slot.local.attach(subscriber);
 }
 
-/// ATTACHED with RESUMED at the serial the attachment continues from, then each
-/// committed message after it, to this attachment alone.
-fn replay(waiting: &Waiting, channel: &str, missed: &[Entry], from: Position) {
+/// ATTACHED (with `flag`: RESUMED for a resume, HAS_BACKLOG for a rewind) at the
+/// serial the attachment continues from, then `entries`, to this attachment alone.
+fn replay(waiting: &Waiting, channel: &str, entries: &[Entry], from: Position, flag: i64) {
     let outbox = &waiting.subscriber.outbox;
     let mut attached = waiting.attached.clone();
     attached.channel_serial = Some(from.to_string());
-    attached.flags = Some(attached.flags.unwrap_or(0) | flags::RESUMED);
+    attached.flags = Some(attached.flags.unwrap_or(0) | flag);
     outbox.send_frame(codec::encode(&attached, outbox.format));
 
     let sub = &waiting.subscriber;
-    for entry in missed.iter().filter(|e| e.position > from) {
+    for entry in entries {
         let own = entry.message.connection_id.as_deref() == Some(&*sub.outbox.connection_id);
         if sub.modes & flags::SUBSCRIBE == 0 || (own && !sub.echo) {
             continue;

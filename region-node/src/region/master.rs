@@ -138,6 +138,12 @@ impl RegionState {
         let position = slot.committed;
         let (missed, lost) = match since {
             None => (Vec::new(), false),
+            Some(super::client::FROM_RETAINED) => (
+                (slot.core.retained().into_iter())
+                    .filter(|e| e.position <= position)
+                    .collect(),
+                false,
+            ),
             Some(since) => match slot.core.since(since) {
                 Some(entries) => (
                     entries

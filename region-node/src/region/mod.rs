@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use client::ClientSlot;
-pub use client::PublishReply;
+pub use client::{PublishReply, Start};
 pub use home::{HomeRequest, HomeView};
 use master::{Acquire, MasterSlot, Replica};
 use msg::ChannelMsg;
@@ -36,7 +36,6 @@ use crate::control::{ControlPlane, HomeEvent};
 use crate::error::AblyError;
 use crate::mesh::{Mesh, MeshView};
 use crate::node::now_ms;
-use crate::position::Position;
 use crate::protocol::{ErrorInfo, ProtocolMessage};
 use crate::ring::{Ring, DEFAULT_VNODES};
 
@@ -406,8 +405,8 @@ pub enum Command {
         channel: String,
         subscriber: Subscriber,
         attached: ProtocolMessage,
-        /// The channel serial a resuming attachment continues from.
-        from: Option<Position>,
+        /// Where the attachment starts: live, after a serial, or rewound.
+        start: Start,
     },
     Detach {
         channel: String,
@@ -511,13 +510,13 @@ impl Region {
         channel: &str,
         subscriber: Subscriber,
         attached: ProtocolMessage,
-        from: Option<Position>,
+        start: Start,
     ) {
         let _ = self.tx.send(Command::Attach {
             channel: channel.to_owned(),
             subscriber,
             attached,
-            from,
+            start,
         });
     }
 
@@ -771,8 +770,8 @@ fn handle_command(state: &mut RegionState, command: Command) {
             channel,
             subscriber,
             attached,
-            from,
-        } => state.attach(&channel, subscriber, attached, from),
+            start,
+        } => state.attach(&channel, subscriber, attached, start),
         Command::Detach {
             channel,
             connection_id,

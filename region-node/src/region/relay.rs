@@ -280,6 +280,7 @@ impl RegionState {
         let position = slot.core.position();
         let (missed, lost) = match since {
             None => (Vec::new(), false),
+            Some(super::client::FROM_RETAINED) => (slot.core.retained(), false),
             Some(since) => match slot.core.since(since) {
                 Some(entries) => (entries, false),
                 None => (Vec::new(), true),

@@ -348,7 +348,8 @@ impl Sim {
             echo: true,
         };
         let attached = ProtocolMessage::for_channel(action::ATTACHED, channel);
-        self.state(node).attach(channel, subscriber, attached, None);
+        self.state(node)
+            .attach(channel, subscriber, attached, super::Start::Live);
         self.flush(node);
         Conn {
             label: format!("{conn}@{node}"),
@@ -1620,7 +1621,7 @@ fn resume_attach(sim: &mut Sim, node: &str, channel: &str, conn: &str, from: Pos
     };
     let attached = ProtocolMessage::for_channel(action::ATTACHED, channel);
     sim.state(node)
-        .attach(channel, subscriber, attached, Some(from));
+        .attach(channel, subscriber, attached, super::Start::After(from));
     sim.flush(node);
     Conn {
         label: format!("{conn}@{node} (resumed)"),

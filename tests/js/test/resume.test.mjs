@@ -58,3 +58,30 @@ describe('resume', () => {
     });
   }
 });
+
+describe('rewind', () => {
+  let node;
+  before(async () => { node = await startNode(); });
+  after(async () => { await node?.stop(); });
+
+  for (const format of FORMATS) {
+    it(`${format.name}: a channel attached with params.rewind gets the last messages first`, async () => {
+      const name = freshChannel('rewind');
+      let publisher, late;
+      try {
+        publisher = await connectedClient(node, format);
+        const out = publisher.channels.get(name);
+        for (let i = 0; i < 6; i++) await within(out.publish(`m${i}`, `payload ${i}`), `ACK for m${i}`);
+
+        late = await connectedClient(node, format);
+        const channel = late.channels.get(name, { params: { rewind: '2' } });
+        const got = await collect(channel);
+        await within(out.publish('live', 'now'), 'ACK for live');
+        const all = await got.waitFor(3);
+        assert.deepEqual(all.map((m) => m.name), ['m4', 'm5', 'live']);
+      } finally {
+        closeAll(publisher, late);
+      }
+    });
+  }
+});
