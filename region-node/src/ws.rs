@@ -136,10 +136,11 @@ fn continuity(node: &Node, params: &ConnectParams) -> (Arc<str>, Option<ErrorInf
             return (fresh(), Some(AblyError::InvalidConnectionKey.to_info()));
         }
     };
-    // TODO: continue connections from other regions once bridges carry their
-    // channels; until then their state is out of reach and they start afresh.
+    // A key from another region of the federation continues here too: serials are
+    // assigned by each channel's home, so this region's relays (or masters) continue
+    // from them, and report a gap where what was missed is no longer retained.
     if key.region != node.config.node.region {
-        return (fresh(), Some(AblyError::InvalidConnectionKey.to_info()));
+        debug!(key.region = %key.region, "continuing a connection from another region");
     }
     let age = now_ms().saturating_sub(i64::try_from(key.issued_ms).unwrap_or(i64::MAX));
     if age > resume_window_ms(node) {

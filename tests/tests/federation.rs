@@ -12,6 +12,10 @@ use starling_tests::global::GlobalGroup;
 use starling_tests::rest;
 use starling_tests::{action, Client, Format, Node, NodeOptions};
 
+/// The federation's nodes share one cluster secret, so connection keys verify in
+/// every region.
+const SECRET: &str = "federation-test-secret-0123456789abcdef";
+
 /// How long a bridge may take to come up (registration, dial, interest).
 const LINK_UP: Duration = Duration::from_secs(15);
 
@@ -22,7 +26,8 @@ async fn bridged_node(group: &GlobalGroup, region: &str) -> Result<Node> {
 /// A node of `region` with a bridge listener and `extra` lines in its `[bridge]`.
 async fn bridged_node_with(group: &GlobalGroup, region: &str, extra: &str) -> Result<Node> {
     let config = format!(
-        "[node]\nid = \"{region}-1\"\nregion = \"{region}\"\n\n[bridge]\nlisten = \"127.0.0.1:0\"\n\
+        "[node]\nid = \"{region}-1\"\nregion = \"{region}\"\ncluster_secret = \"{SECRET}\"\n\n\
+         [bridge]\nlisten = \"127.0.0.1:0\"\n\
          retry_ms = 200\n{extra}\n{}",
         group.node_config(region)?
     );
@@ -486,6 +491,90 @@ async fn a_gap_the_home_no_longer_covers_is_reported_as_attached_with_an_error()
         ensure!(
             Instant::now() < deadline,
             "live traffic did not resume after the gap"
+        );
+    }
+    Ok(())
+}
+
+fn connection_key(client: &Client) -> Result<String> {
+    let key = client.connected()["connectionDetails"]["connectionKey"].as_str();
+    Ok(key
+        .context("CONNECTED carries a connection key")?
+        .to_owned())
+}
+
+async fn resume_on(node: &Node, key: &str) -> Result<Client> {
+    let query = format!("resume={}", starling_tests::client::encode_component(key));
+    Client::connect(node, &query, Format::Json).await
+}
+
+#[tokio::test]
+async fn a_connection_resumes_in_another_region_gaplessly_or_is_told_of_the_gap() -> Result<()> {
+    let group = GlobalGroup::start(3).await?;
+    let eu = bridged_node(&group, "eu").await?;
+    let us = bridged_node(&group, "us").await?;
+    let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
+    publish_outcome(&mut eu_pub, "roam", "m0").await?;
+
+    eprintln!("phase: a us client sees m0, loses us, and resumes in eu (the home)");
+    let mut roamer = Client::connect(&us, "", Format::Msgpack).await?;
+    let id = roamer.connection_id().to_owned();
+    let key = connection_key(&roamer)?;
+    attach_when_linked(&mut roamer, "roam").await?;
+    publish_outcome(&mut eu_pub, "roam", "m1").await?;
+    let seen = roamer.next_message("roam").await?;
+    let serial = seen["channelSerial"].as_str().context("serial")?.to_owned();
+    drop(roamer);
+    for n in 2..=10 {
+        publish_outcome(&mut eu_pub, "roam", &format!("m{n}")).await?;
+    }
+    let mut resumed = resume_on(&eu, &key).await?;
+    ensure!(
+        resumed.connection_id() == id,
+        "a new connectionId in the other region"
+    );
+    let attached = resumed
+        .attach_with("roam", json!({ "channelSerial": serial }))
+        .await?;
+    ensure!(
+        attached["flags"].as_i64().unwrap_or(0) & 4 != 0,
+        "not RESUMED: {attached}"
+    );
+    let missed = names(&resumed.collect_messages("roam", 9).await?);
+    let wanted: Vec<String> = (2..=10).map(|n| format!("m{n}")).collect();
+    ensure!(missed == wanted, "replayed {missed:?}");
+
+    eprintln!("phase: back to us, where the relay only holds what came after it started");
+    let key = connection_key(&resumed)?;
+    let serial_now = {
+        publish_outcome(&mut eu_pub, "roam", "m11").await?;
+        let frame = resumed.next_message("roam").await?;
+        frame["channelSerial"]
+            .as_str()
+            .context("serial")?
+            .to_owned()
+    };
+    drop(resumed);
+    // A us subscriber starts a fresh relay after the roamer's serial.
+    let mut witness = Client::connect(&us, "", Format::Json).await?;
+    publish_outcome(&mut eu_pub, "roam", "m12").await?;
+    attach_when_linked(&mut witness, "roam").await?;
+    publish_outcome(&mut eu_pub, "roam", "m13").await?;
+    witness.next_message("roam").await?;
+    let mut back = resume_on(&us, &key).await?;
+    let reattached = back
+        .attach_with("roam", json!({ "channelSerial": serial_now }))
+        .await?;
+    let resumed_flag = reattached["flags"].as_i64().unwrap_or(0) & 4 != 0;
+    eprintln!("phase: re-attached in us: {reattached}");
+    if resumed_flag {
+        // The relay covered it after all: then nothing may be missing.
+        let got = names(&back.collect_messages("roam", 2).await?);
+        ensure!(got == ["m12", "m13"], "resumed but got {got:?}");
+    } else {
+        ensure!(
+            reattached["error"]["code"].as_i64().is_some(),
+            "continuity lost without an error: {reattached}"
         );
     }
     Ok(())

@@ -8,7 +8,7 @@ import {
   FORMATS, startNode, connectedClient, collect, closeAll, within, freshChannel, until,
 } from './harness.mjs';
 
-const MISSED = 100;
+const MISSED = 500;
 
 describe('resume', () => {
   let node;
