@@ -7,7 +7,7 @@
 // 2. SIGKILL the channel's master (and, separately, its copy holder) while publishing:
 //    ACKs resume within 5 s, every ACKed message reaches every surviving subscriber
 //    once, in publish order, with the serial its ACK carried.
-// 3. (A subscriber's own node dying is about resume: not covered here.)
+// 3. (A subscriber's own node dying is about resume: see cluster-resume.test.mjs.)
 // 4. SIGSTOP the master longer than the failure timeout, then SIGCONT: exactly once and
 //    in order on the other nodes, nothing ACKed twice, the channel works through the
 //    resumed node afterwards.
