@@ -579,3 +579,53 @@ async fn a_connection_resumes_in_another_region_gaplessly_or_is_told_of_the_gap(
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn resuming_in_another_region_past_the_homes_history_reports_the_gap() -> Result<()> {
+    let group = GlobalGroup::start(3).await?;
+    let eu = bridged_node_with(
+        &group,
+        "eu",
+        "\n[history]\nmax_messages = 5\nmin_messages = 1\n",
+    )
+    .await?;
+    let us = bridged_node(&group, "us").await?;
+    let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
+    publish_outcome(&mut eu_pub, "far", "m0").await?;
+
+    let mut roamer = Client::connect(&eu, "", Format::Json).await?;
+    let key = connection_key(&roamer)?;
+    roamer.attach("far").await?;
+    publish_outcome(&mut eu_pub, "far", "m1").await?;
+    let seen = roamer.next_message("far").await?;
+    let serial = seen["channelSerial"].as_str().context("serial")?.to_owned();
+    drop(roamer);
+    for n in 2..=12 {
+        publish_outcome(&mut eu_pub, "far", &format!("m{n}")).await?;
+    }
+
+    let mut back = resume_on(&us, &key).await?;
+    let deadline = Instant::now() + LINK_UP;
+    let reattached = loop {
+        let reply = back
+            .attach_with("far", json!({ "channelSerial": serial }))
+            .await?;
+        if is_action(&reply, action::ATTACHED) || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(
+        is_action(&reattached, action::ATTACHED),
+        "never attached: {reattached}"
+    );
+    ensure!(
+        reattached["flags"].as_i64().unwrap_or(0) & 4 == 0,
+        "continuity claimed although the home no longer holds m2: {reattached}"
+    );
+    ensure!(
+        reattached["error"]["code"].as_i64().is_some(),
+        "a gap without an error: {reattached}"
+    );
+    Ok(())
+}

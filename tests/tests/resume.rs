@@ -312,3 +312,28 @@ async fn recover_with_the_recovered_channel_serial_continues_like_a_resume() -> 
     ensure!(names(&got) == ["missed"], "recovered {:?}", names(&got));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_realtime_publish_with_an_explicit_id_repeated_is_delivered_once() -> Result<()> {
+    let node = Node::start().await?;
+    let mut watcher = Client::connect(&node, "", Format::Json).await?;
+    watcher.attach("explicit").await?;
+    let mut client = Client::connect(&node, "", Format::Msgpack).await?;
+    let message = json!([{"id": "mine:1", "name": "once"}]);
+    let first = client.publish_acked("explicit", message.clone()).await?;
+    let again = client.publish_acked("explicit", message).await?;
+    ensure!(
+        first["res"] == again["res"],
+        "other serials: {first} vs {again}"
+    );
+    client
+        .publish_acked("explicit", json!([{"name": "after"}]))
+        .await?;
+    let seen = watcher.collect_messages("explicit", 2).await?;
+    ensure!(
+        names(&seen) == ["once", "after"],
+        "delivered {:?}",
+        names(&seen)
+    );
+    Ok(())
+}
