@@ -94,6 +94,14 @@ impl RegionState {
     ) {
         let slot = self.client_slot(channel);
         slot.wants_frames = true;
+        // A connection attaching again replaces its earlier attachment: it must not
+        // get a replay and the live frames besides, or two ATTACHED.
+        let id = subscriber.outbox.connection_id.clone();
+        slot.waiting
+            .retain(|w| w.subscriber.outbox.connection_id != id);
+        if start != Start::Live {
+            slot.local.detach(&id);
+        }
         if slot.subscribed {
             let position = slot.last.unwrap_or_default();
             match start {

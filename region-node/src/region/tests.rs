@@ -1712,3 +1712,35 @@ fn without_the_lease_nothing_is_sequenced_and_it_resumes_above_when_renewed() {
     assert!(again.position() > before);
     assert_eq!(names(&sim.history("a", &ch)), ["pub#1", "pub#3"]);
 }
+
+#[test]
+fn an_attached_connection_attaching_again_from_a_serial_gets_each_message_once() {
+    let nodes = ["a", "b", "c"];
+    let ch = channel_owned_by(&nodes, &["b", "c"]);
+    let mut sim = Sim::region(&nodes);
+    let mut first = sim.attach("a", &ch, "sub", Format::Json);
+    let mut one = sim.publish("c", &ch, "pub", 1);
+    sim.settle();
+    let from = one.position();
+    for n in 2..=3 {
+        sim.publish("c", &ch, "pub", n);
+    }
+    sim.settle();
+    assert_eq!(first.names(), ["pub#1", "pub#2", "pub#3"]);
+
+    sim.phase("the same connection attaches again from pub#1's serial");
+    let mut again = resume_attach(&mut sim, "a", &ch, "sub", from);
+    sim.run_for(2 * TICK_MS as i64);
+    sim.publish("c", &ch, "pub", 4);
+    sim.settle();
+    assert_eq!(
+        again.names(),
+        ["pub#2", "pub#3", "pub#4"],
+        "replay, then live, once each"
+    );
+    assert_eq!(
+        first.names(),
+        ["pub#1", "pub#2", "pub#3"],
+        "the old attachment was replaced"
+    );
+}
