@@ -4,7 +4,8 @@
 // SIGCONT, SIGTERM), starts extra nodes by hand (from the cluster CA or another
 // one), and drives steady publishers whose ACKs and deliveries the tests compare.
 // `startFederation()` starts several bridged regions (`region-node dev --regions
-// eu,us`, with a group of `global-master` processes) the same way.
+// eu,us`, with a group of `global-master` processes) the same way, and can add a node
+// to one of them by hand (`Federation.addNode`).
 //
 // Not a test file itself (it defines no tests).
 //
@@ -82,7 +83,7 @@ async function getJson(url, ms = HTTP_MS) {
 function childEnv() {
   const env = { ...process.env };
   for (const k of Object.keys(env)) {
-    if (k.startsWith('STARLING_CLUSTER_') || k === 'STARLING_KEEP_TMP') delete env[k];
+    if (k.startsWith('STARLING_CLUSTER_') || k === 'STARLING_KEEP_TMP' || k === 'STARLING_BIN') delete env[k];
   }
   return env;
 }
@@ -269,52 +270,13 @@ export class Region {
    * CA by default). `trustCaDir` replaces `[tls] ca_cert` when given. Seeds are kept.
    */
   async addNode({ id, from = 'local-2', caDir = this.caDir, trustCaDir = null }) {
-    const bin = binaryPath();
     const dir = join(this.dir, 'extra', id);
-    mkdirSync(dir, { recursive: true });
-    const issued = spawnSync(bin, ['ca', 'issue', '--dir', caDir, '--name', id, '--out', dir],
-      { encoding: 'utf8' });
-    if (issued.status !== 0) {
-      throw new Error(`ca issue ${id}: ${issued.status} ${issued.stderr}`);
-    }
-    const source = readFileSync(join(this.dataDir, from, 'config.toml'), 'utf8');
-    let config = setKey(source, 'node', 'id', `"${id}"`);
-    config = setKey(config, 'node', 'data_dir', `"${join(dir, 'data')}"`);
-    config = setKey(config, 'listen', 'client', '"127.0.0.1:0"');
-    config = setKey(config, 'tls', 'cert', `"${join(dir, `${id}.pem`)}"`);
-    config = setKey(config, 'tls', 'key', `"${join(dir, `${id}.key`)}"`);
-    if (trustCaDir) config = setKey(config, 'tls', 'ca_cert', `"${join(trustCaDir, 'ca.pem')}"`);
-    const configPath = join(dir, 'config.toml');
-    writeFileSync(configPath, config, { mode: 0o600 });
-
-    const describePath = join(dir, 'describe.json');
-    rmSync(describePath, { force: true });
-    const argv = [bin, '--config', configPath, '--describe', describePath];
-    const log = openSync(join(dir, 'node.log'), 'a');
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', log, log], env: childEnv() });
-    closeSync(log);
-    spawned.add(child);
-    let exitInfo = null;
-    const exited = new Promise((res) => child.once('exit', (code, signal) => {
-      exitInfo = { code, signal };
-      spawned.delete(child);
-      res(exitInfo);
-    }));
-    const described = await untilFatal(() => {
-      if (exitInfo) throw new FatalError(`${id} exited early (${JSON.stringify(exitInfo)})`);
-      if (!existsSync(describePath)) return null;
-      try {
-        return JSON.parse(readFileSync(describePath, 'utf8'))?.regions?.[0]?.nodes?.[0] ?? null;
-      } catch {
-        return null;
-      }
-    }, `${id} to write ${describePath}`, NODE_START_MS).catch((e) => {
-      child.kill('SIGKILL');
-      throw new Error(`${e.message}\n--- ${id} log ---\n${this.tail(join(dir, 'node.log'))}`);
+    const started = await startHandNode({
+      id, dir, sourceConfig: join(this.dataDir, from, 'config.toml'), caDir, trustCaDir,
     });
-    const node = new ClusterNode(this, { ...described, pid: child.pid, argv }, { dir, child });
-    node.exited = exited;
-    node.configPath = configPath;
+    const node = new ClusterNode(this, started.described, { dir, child: started.child });
+    node.exited = started.exited;
+    node.configPath = started.configPath;
     this.extra.push(node);
     return node;
   }
@@ -368,6 +330,59 @@ export class Region {
       return '(no log)';
     }
   }
+}
+
+/**
+ * Starts a node by hand from `sourceConfig` (another node's config.toml): a new node
+ * id, data dir under `dir`, client port 0 and a certificate issued by `caDir`;
+ * `trustCaDir` replaces `[tls] ca_cert` when given. Everything else (region, seeds,
+ * `[global] members`, `[bridge] listen`, apps, secrets) is kept. Resolves once the node
+ * wrote its describe file: `{child, exited, described, configPath}`.
+ */
+async function startHandNode({ id, dir, sourceConfig, caDir, trustCaDir = null }) {
+  const bin = binaryPath();
+  mkdirSync(dir, { recursive: true });
+  const issued = spawnSync(bin, ['ca', 'issue', '--dir', caDir, '--name', id, '--out', dir],
+    { encoding: 'utf8' });
+  if (issued.status !== 0) {
+    throw new Error(`ca issue ${id}: ${issued.status} ${issued.stderr}`);
+  }
+  const source = readFileSync(sourceConfig, 'utf8');
+  let config = setKey(source, 'node', 'id', `"${id}"`);
+  config = setKey(config, 'node', 'data_dir', `"${join(dir, 'data')}"`);
+  config = setKey(config, 'listen', 'client', '"127.0.0.1:0"');
+  config = setKey(config, 'tls', 'cert', `"${join(dir, `${id}.pem`)}"`);
+  config = setKey(config, 'tls', 'key', `"${join(dir, `${id}.key`)}"`);
+  if (trustCaDir) config = setKey(config, 'tls', 'ca_cert', `"${join(trustCaDir, 'ca.pem')}"`);
+  const configPath = join(dir, 'config.toml');
+  writeFileSync(configPath, config, { mode: 0o600 });
+
+  const describePath = join(dir, 'describe.json');
+  rmSync(describePath, { force: true });
+  const argv = [bin, '--config', configPath, '--describe', describePath];
+  const log = openSync(join(dir, 'node.log'), 'a');
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', log, log], env: childEnv() });
+  closeSync(log);
+  spawned.add(child);
+  let exitInfo = null;
+  const exited = new Promise((res) => child.once('exit', (code, signal) => {
+    exitInfo = { code, signal };
+    spawned.delete(child);
+    res(exitInfo);
+  }));
+  const described = await untilFatal(() => {
+    if (exitInfo) throw new FatalError(`${id} exited early (${JSON.stringify(exitInfo)})`);
+    if (!existsSync(describePath)) return null;
+    try {
+      return JSON.parse(readFileSync(describePath, 'utf8'))?.regions?.[0]?.nodes?.[0] ?? null;
+    } catch {
+      return null;
+    }
+  }, `${id} to write ${describePath}`, NODE_START_MS).catch((e) => {
+    child.kill('SIGKILL');
+    throw new Error(`${e.message}\n--- ${id} log ---\n${tailOf(join(dir, 'node.log'))}`);
+  });
+  return { child, exited, described: { ...described, pid: child.pid, argv }, configPath };
 }
 
 class FatalError extends Error {}
@@ -473,6 +488,7 @@ export class Federation {
     this.describe = null;
     this.regions = [];
     this.globalMasters = [];
+    this.extra = [];
     this.failed = false;
   }
 
@@ -558,6 +574,29 @@ export class Federation {
     }
   }
 
+  /**
+   * Starts a node in `region` by hand, as an operator adds one: `from`'s config.toml
+   * (the same region name, mesh seeds, `[global] members`, `[bridge] listen` on port 0,
+   * apps and cluster secret) with a new id, data dir, client port 0 and a certificate
+   * from the federation's CA. `from` defaults to `<region>-2`, whose seed is the
+   * region's first node (`<region>-1` has none). The node is added to the region's
+   * `nodes` (so to `nodes`, `logs()` and `stop()`) once it wrote its describe file;
+   * it is not behind the region's entry.
+   */
+  async addNode({ id, region, from = `${region}-2` }) {
+    const target = this.region(region);
+    const dir = join(this.dir, 'extra', id);
+    const started = await startHandNode({
+      id, dir, sourceConfig: join(this.dataDir, from, 'config.toml'), caDir: join(this.dataDir, 'ca'),
+    });
+    const node = new ClusterNode(target, started.described, { dir, child: started.child });
+    node.exited = started.exited;
+    node.configPath = started.configPath;
+    target.nodes.push(node);
+    this.extra.push(node);
+    return node;
+  }
+
   /** The last `lines` of every node's log (and the launcher's), for failure messages. */
   logs(lines = 30, filter = null) {
     const parts = [];
@@ -600,7 +639,7 @@ export class Federation {
     const keep = this.failed || process.env.STARLING_CLUSTER_KEEP || process.env.STARLING_KEEP_TMP;
     if (keep) {
       process.stderr.write(`[cluster-harness] kept ${this.dir} (launcher.log; node logs in ` +
-        'data/<region>-<n>/node.log, global masters in data/gm-*/)\n');
+        `data/<region>-<n>/node.log${this.extra.length ? ', extra/*/node.log' : ''}, global masters in data/gm-*/)\n`);
     } else {
       rmSync(this.dir, { recursive: true, force: true });
     }

@@ -11,6 +11,10 @@
 //    every ACKed message exactly once, in order. Three nodes, because a 2-node region
 //    that loses one has no majority and sends its clients away by design
 //    (docs/architecture.md, "Failover").
+// 3. Two regions of three nodes: SIGKILL the eu node that both masters a channel and
+//    accepted the us relay's bridge stream, while eu (from a surviving node) and us
+//    publish: the link moves to a surviving eu node, a new eu master takes over, and
+//    subscribers in both regions get every ACKed message exactly once, in order.
 //
 // Every describe block starts its own federation and kills everything (launcher,
 // nodes and global masters by pid) in after hooks. The folder is kept when a test
@@ -73,11 +77,27 @@ async function attachWhenLinked(channel, who, ms = LINK_UP_MS) {
 async function subscriber(target, format, name, who, clients) {
   const client = await connectedClient(target, format);
   clients.push(client);
+  return subscribeWith(client, name, who);
+}
+
+/**
+ * Attaches `name` on an already connected `client` (retried while linking) and
+ * collects it; `since` is when the collector was in place.
+ */
+async function subscribeWith(client, name, who) {
   const channel = client.channels.get(name);
   const attempts = await attachWhenLinked(channel, who);
   const arrivals = new Map(); // message id -> when it arrived
   await channel.subscribe((m) => { if (!arrivals.has(m.id)) arrivals.set(m.id, Date.now()); });
-  return { who, client, channel, attempts, arrivals, got: await collect(channel) };
+  const got = await collect(channel);
+  // Channel state changes after the attach (an ATTACHED with an error is a
+  // discontinuity the server announced): for failure reports.
+  const changes = [];
+  channel.on((c) => changes.push({
+    at: new Date().toISOString(), current: c.current, previous: c.previous, resumed: c.resumed,
+    reason: c.reason ? `${c.reason.code} ${c.reason.message}` : null,
+  }));
+  return { who, name, client, channel, attempts, arrivals, got, changes, since: Date.now() };
 }
 
 /** The largest delay from a publisher's ACK to the message's arrival at `sub`. */
@@ -132,20 +152,31 @@ async function connectionsPerNode(nodes) {
   return counts.join(' ');
 }
 
+/** `agreedPlacement`, retried until the nodes agree (right after a view change). */
+async function settledPlacement(nodes, name, ms = SLOW_MS) {
+  let owners = null;
+  await until(async () => {
+    owners = await agreedPlacement(nodes, name);
+    return true;
+  }, `${nodes.map((n) => n.id).join(', ')} to agree on ${name}'s placement`, ms, 100);
+  return owners;
+}
+
 /** A failure report: each node's view of the channel, each subscriber, each publisher. */
-async function report(fed, name, subs, pubs = []) {
+async function report(fed, name, subs, pubs = [], { logs = true } = {}) {
   const lines = [await channelReport(fed.nodes, name)];
   for (const s of subs) {
     const last = s.got.messages[s.got.messages.length - 1];
     lines.push(`${s.who}: ${s.got.messages.length} messages, last ${last ? `${last.name} ${JSON.stringify(last.data)} ${last.serial}` : '-'}; ` +
-      `connection ${s.client.connection.state}, channel ${s.channel.state}`);
+      `connection ${s.client.connection.state}, channel ${s.channel.state}` +
+      `${s.changes?.length ? `; channel changes ${JSON.stringify(s.changes)}` : ''}`);
   }
   for (const p of pubs) {
     const a = p.run.acks[p.run.acks.length - 1];
     lines.push(`${p.label}: ${p.run.acks.length} acked (last #${a?.n} ${a?.serial} at ${a ? new Date(a.ackAt).toISOString() : '-'}), ` +
       `refused ${JSON.stringify(p.run.failures)}, in flight ${JSON.stringify(p.run.state.inflight)}`);
   }
-  lines.push(fed.logs(25));
+  if (logs) lines.push(fed.logs(25));
   return lines.join('\n');
 }
 
@@ -378,6 +409,181 @@ describe('federation: SIGKILL the us node relaying a channel homed in eu', () =>
         assert.deepEqual(viaEu.slice(1).map((m) => m.id), ids(subs[0]),
           'history (after the first message) is what the subscribers saw, in order');
       }, () => report(fed, name, subs, pubs));
+    } finally {
+      for (const p of pubs) p.run.state.stopped = true;
+      closeAll(clients);
+    }
+  }));
+});
+
+// ---------------------------------------------------------------------------------------
+
+/**
+ * The `bridge link accepted` lines naming the dialing node `peer` in the logs of
+ * `nodes` (the accepting side logs one per stream it accepts): `[{node, line}]`.
+ */
+function acceptedLinks(nodes, peer) {
+  const pattern = new RegExp(`bridge link accepted.*\\bpeer\\.node=${peer}(\\s|$)`);
+  return nodes.flatMap((n) => n.log().split('\n').filter((l) => pattern.test(l)).map((line) => ({ node: n, line })));
+}
+
+/** The node whose log shows the latest accepted link from `peer`, or null. */
+function latestAcceptor(nodes, peer) {
+  const links = acceptedLinks(nodes, peer);
+  links.sort((a, b) => (a.line < b.line ? -1 : a.line > b.line ? 1 : 0)); // lines start with an ISO time
+  return links.length ? links[links.length - 1].node : null;
+}
+
+describe('federation: SIGKILL the eu node that masters a channel and accepted the us bridge', () => {
+  let fed;
+  before(async () => {
+    fed = await startFederation({
+      regions: ['eu', 'us'], nodes: 3, globalMasters: 3, failureTimeoutMs: FAILURE_TIMEOUT_MS, label: 'home-kill',
+    });
+  });
+  after(async () => { await fed?.stop(); });
+
+  it('the home node that accepted the bridge dies and the link moves to another node', TEST_TIMEOUT, async (t) => fed.guard(async () => {
+    const eu = fed.region('eu');
+    const us = fed.region('us');
+    const clients = [];
+    const subs = [];
+    const pubs = [];
+    let name = freshChannel('fed-home-kill-warmup');
+    try {
+      await explained(async () => {
+        // A warm-up channel homed in eu with a us subscriber: its us relay dials eu,
+        // and some eu node accepts the stream.
+        const warmClient = await connectedClient(eu.nodes[0], MSGPACK);
+        clients.push(warmClient);
+        await within(warmClient.channels.get(name).publish('home', { first: true }), 'ACK for the warm-up publish, in eu', SLOW_MS);
+        const relay = fed.node((await settledPlacement(us.nodes, name))[0]);
+        subs.push(await subscriber(relay, JSON_FMT, name, `warm-up subscriber on ${relay.id}`, clients));
+        let acceptor = null;
+        await until(() => (acceptor = latestAcceptor(eu.nodes, relay.id)),
+          `an eu node to log the bridge link accepted from ${relay.id}`, LINK_UP_MS);
+        subs.length = 0;
+
+        // The channel under test: mastered in eu by the node that accepted the link,
+        // relayed in us by the node that holds it, so the SIGKILL ends both the
+        // home's master and the bridge stream.
+        name = null;
+        for (let i = 0; i < 400 && !name; i++) {
+          const candidate = `fed-home-kill-${i}`;
+          const [inEu, inUs] = await Promise.all([acceptor.placement(candidate), relay.placement(candidate)]);
+          if (inEu.owners[0] === acceptor.id && inUs.owners[0] === relay.id) name = candidate;
+        }
+        assert.ok(name, `a channel name mastered by ${acceptor.id} in eu and relayed by ${relay.id} in us`);
+        const euOwners = await settledPlacement(eu.nodes, name);
+        const survivors = eu.nodes.filter((n) => n !== acceptor);
+        const pubNode = survivors.find((n) => !euOwners.includes(n)) ?? survivors[0];
+        const copyNode = survivors.find((n) => n !== pubNode);
+
+        // Homed in eu by its first publish, from a node that survives.
+        const euPubClient = await connectedClient(pubNode, MSGPACK);
+        clients.push(euPubClient);
+        const euPub = euPubClient.channels.get(name);
+        await within(euPub.publish('home', { first: true }), 'ACK for the first publish, in eu', SLOW_MS);
+        const master = await acceptor.placement(name);
+        assert.equal(master.home, 'eu', `${acceptor.id} knows ${name} is homed in eu`);
+        assert.notEqual(master.epoch, null, `${acceptor.id} masters ${name} in eu`);
+
+        // us subscribers on the relay and on another us node, one in eu; a us publisher
+        // whose publishes the relay forwards over the link.
+        const usOther = us.nodes.find((n) => n !== relay);
+        subs.push(await subscriber(relay, MSGPACK, name, `subscriber on the relay ${relay.id} (msgpack)`, clients));
+        subs.push(await subscriber(usOther, JSON_FMT, name, `subscriber on ${usOther.id} (json)`, clients));
+        subs.push(await subscriber(copyNode, JSON_FMT, name, `subscriber in eu on ${copyNode.id} (json)`, clients));
+        await within(euPub.attach(), 'eu publisher attach', SLOW_MS);
+        pubs.push({ label: 'eu', run: steadyPublisher(euPub, 'eu', { intervalMs: 100 }) });
+        const usPubClient = await connectedClient(usOther, MSGPACK);
+        clients.push(usPubClient);
+        const usPub = usPubClient.channels.get(name);
+        await attachWhenLinked(usPub, `publisher on ${usOther.id}`);
+        pubs.push({ label: 'us', run: steadyPublisher(usPub, 'us', { intervalMs: 100 }) });
+
+        await until(async () => (await relay.placement(name)).relaying, `${relay.id} to relay ${name}`, SLOW_MS);
+        for (const p of pubs) await p.run.waitAcks(20, '20 ACKs before the kill', SLOW_MS);
+        for (const s of subs) {
+          await until(() => pubs.every((p) => s.got.messages.filter((m) => m.name === p.label).length >= 10),
+            `${s.who} to receive messages of both publishers before the kill`, SLOW_MS);
+        }
+        assert.equal(latestAcceptor(eu.nodes, relay.id), acceptor,
+          `the link from ${relay.id} is still the one ${acceptor.id} accepted`);
+        const acceptedBefore = acceptedLinks(survivors, relay.id).length;
+        note(t, `channel ${name}: eu owners ${euOwners.join(', ')} (epoch ${master.epoch}); the link from the us relay ` +
+          `${relay.id} was accepted by ${acceptor.id}; eu publisher on ${pubNode.id}, eu subscriber on ${copyNode.id}; ` +
+          `us publisher and subscriber on ${usOther.id}`);
+
+        const killAt = Date.now();
+        assert.ok(acceptor.signal('SIGKILL'), `SIGKILL ${acceptor.id}`);
+        await acceptor.waitExit(`${acceptor.id} to die`);
+
+        for (const p of pubs) {
+          await p.run.waitUntil(() => p.run.acks.filter((a) => a.ackAt > killAt).length >= 30,
+            '30 ACKs after the kill', SLOW_MS);
+        }
+        const newOwners = await until(async () => {
+          const views = await Promise.all(survivors.map((n) => n.placement(name)));
+          const owners = new Set(views.map((v) => JSON.stringify(v.owners)));
+          return views.every((v) => !v.owners.includes(acceptor.id)) && owners.size === 1 ? views[0].owners : null;
+        }, `the surviving eu nodes' placement of ${name} to drop ${acceptor.id}`, SLOW_MS);
+        const newMaster = await fed.node(newOwners[0]).placement(name);
+        assert.ok(newMaster.epoch > master.epoch,
+          `${newOwners[0]} masters ${name} under a higher epoch (${newMaster.epoch} after ${master.epoch})`);
+        await until(() => acceptedLinks(survivors, relay.id).length > acceptedBefore,
+          `a surviving eu node to accept the link from ${relay.id} again`, SLOW_MS);
+        const newAcceptor = latestAcceptor(survivors, relay.id);
+        note(t, `eu placement after the kill: ${newOwners.join(', ')} (epoch ${newMaster.epoch}); ` +
+          `the link from ${relay.id} moved to ${newAcceptor.id}`);
+
+        for (const s of subs) {
+          await until(() => pubs.every((p) => s.got.messages.some((m) => m.name === p.label &&
+            m.data?.n === p.run.acks[p.run.acks.length - 1].n)),
+          `${s.who} to receive the latest ACKed messages after the kill`, SLOW_MS);
+        }
+        for (const p of pubs) await p.run.stop();
+        const end = await within(euPub.publish('end', { end: true }), 'ACK for the end marker', SLOW_MS);
+        for (const s of subs) await waitForName(s, 'end');
+
+        for (const s of subs) {
+          assertNoDuplicateIds(s);
+          checkSerialOrder(assert, s.got.messages, s.who);
+          const last = s.got.messages[s.got.messages.length - 1];
+          assert.equal(last.name, 'end', `${s.who}: nothing after the end marker`);
+          assert.equal(last.serial, end.serials[0], `${s.who}: the end marker has its ACK's serial`);
+          for (const p of pubs) {
+            const { received, unackedDelivered } = checkDelivery(assert, s.got.messages, p.run, s.who);
+            note(t, `${s.who}: ${received} of ${p.label}'s ${p.run.published} published ` +
+              `(${p.run.acks.length} acked, ${p.run.failures.length} refused; delivered unacked ${compact(unackedDelivered)})`);
+          }
+        }
+        for (const s of subs.slice(1)) {
+          assert.deepEqual(ids(s), ids(subs[0]), `${s.who} sees the same messages in the same order as ${subs[0].who}`);
+        }
+        for (const p of pubs) {
+          const gaps = ackGaps(p.run.acks, killAt);
+          note(t, `${p.label}: first ACK ${gaps.sinceEvent} ms after the kill (gap ${gaps.gapAround} ms; ` +
+            `largest ${gaps.maxGap} ms); refused ${JSON.stringify(p.run.failures)}`);
+        }
+        for (const p of pubs) {
+          assert.deepEqual(p.run.failures, [], `${p.label}: no publish refused (eu keeps a majority; the link comes back)`);
+        }
+        for (const s of subs.slice(0, 2)) {
+          const worst = maxLag(s, pubs[0].run);
+          note(t, `${s.who}: eu messages arrived at most ${worst.lag} ms after their ACK (#${worst.n})`);
+          assert.ok(worst.lag < RELAY_LAG_MS,
+            `${s.who}: eu #${worst.n} arrived ${worst.lag} ms after its ACK (limit ${RELAY_LAG_MS})`);
+        }
+
+        // History through the us relay and through a surviving eu node: the same, in
+        // the subscribers' order.
+        const viaUs = await historyThrough(usOther, MSGPACK, name, `node ${usOther.id}`);
+        const viaEu = await historyThrough(pubNode, JSON_FMT, name, `node ${pubNode.id}`);
+        assert.deepEqual(viaUs.map((m) => m.id), viaEu.map((m) => m.id), 'history through us and through eu agree');
+        assert.deepEqual(viaEu.slice(1).map((m) => m.id), ids(subs[0]),
+          'history (after the first message) is what the subscribers saw, in order');
+      }, () => report(fed, name ?? '-', subs, pubs));
     } finally {
       for (const p of pubs) p.run.state.stopped = true;
       closeAll(clients);
