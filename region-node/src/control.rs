@@ -371,10 +371,15 @@ impl ControlPlane {
                 .await
                 .map_err(|e| AblyError::Timeout(e.to_string()))?,
             Backend::Remote { client, .. } => {
-                let mut client = client.lock().await;
-                client
-                    .write(&command, self.timeout)
+                // Writes take turns on one client; the deadline covers the wait for a
+                // turn too, so no caller waits past it behind others.
+                let attempt = async {
+                    let mut client = client.lock().await;
+                    client.write(&command, self.timeout).await
+                };
+                tokio::time::timeout(self.timeout, attempt)
                     .await
+                    .map_err(|_| AblyError::Timeout("global master: no answer in time".into()))?
                     .map_err(|e| AblyError::Timeout(format!("global master: {e}")))?
             }
         };

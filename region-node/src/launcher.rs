@@ -592,7 +592,49 @@ async fn start_region(
         seed = seed.or(node.mesh.as_deref().and_then(|m| m.parse().ok()));
         nodes.push(node);
     }
+    for node in &nodes {
+        pin_addresses(root, node, &nodes)?;
+    }
     Ok(nodes)
+}
+
+/// Rewrites a started node's configuration with the addresses it got and every other
+/// node of its region as a seed, so a node restarted from its `argv` comes back on the
+/// same addresses and rejoins its region (rather than, seedless, forming a region of
+/// its own).
+fn pin_addresses(
+    root: &Path,
+    node: &DescribedNode,
+    region: &[DescribedNode],
+) -> anyhow::Result<()> {
+    let path = root.join(&node.id).join("config.toml");
+    let config = std::fs::read_to_string(&path)?;
+    let seeds: Vec<String> = (region.iter())
+        .filter(|other| other.id != node.id)
+        .filter_map(|other| other.mesh.as_ref().map(|m| format!("\"{m}\"")))
+        .collect();
+    let mut pinned = String::new();
+    let mut section = "";
+    for line in config.lines() {
+        if line.starts_with('[') {
+            section = if line == "[mesh]" {
+                "mesh"
+            } else if line == "[listen]" {
+                "listen"
+            } else {
+                ""
+            };
+        }
+        let replaced = match (section, line.split(" = ").next()) {
+            ("mesh", Some("listen")) => node.mesh.as_ref().map(|m| format!("listen = \"{m}\"")),
+            ("mesh", Some("seeds")) => Some(format!("seeds = [{}]", seeds.join(", "))),
+            ("listen", Some("client")) => Some(format!("client = \"{}\"", node.client)),
+            _ => None,
+        };
+        pinned.push_str(replaced.as_deref().unwrap_or(line));
+        pinned.push('\n');
+    }
+    Ok(atomic_write(&path, pinned.as_bytes())?)
 }
 
 async fn start_node(

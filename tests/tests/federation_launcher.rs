@@ -363,3 +363,60 @@ async fn scenario(launcher: &mut Launcher) -> Result<()> {
     ensure!(!data.exists(), "{} was not removed", data.display());
     Ok(())
 }
+
+/// A node restarted from its describe file's `argv` rejoins its region on the same
+/// addresses. The region's first node once came back seedless on a new mesh port and
+/// formed a region of its own beside the others (found by review): two sequencers.
+#[tokio::test]
+async fn a_node_restarted_from_its_argv_rejoins_its_region() -> Result<()> {
+    let mut launcher = Launcher::start(&["--nodes", "3", "--failure-timeout-ms", "1000"])?;
+    let described = launcher.described().await?;
+    let region = described.region("local")?;
+    let first = &region.nodes[0];
+    for node in &region.nodes {
+        wait_healthy(&node.id, &node.client).await?;
+    }
+
+    signal("-KILL", first.pid);
+    let deadline = Instant::now() + HEALTHY;
+    while alive(first.pid) {
+        ensure!(Instant::now() < deadline, "{} did not die", first.id);
+        tokio::time::sleep(POLL).await;
+    }
+    let log = std::fs::File::create(launcher.dir.path().join("restarted.log"))?;
+    let mut restarted = Command::new(&first.argv[0])
+        .args(&first.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    launcher.pids.push(restarted.id());
+
+    // Same client address, and a mesh view of the whole region, not of itself alone.
+    let deadline = Instant::now() + HEALTHY;
+    let body = loop {
+        let answer = rest::http()
+            .get(format!("http://{}/health", first.client))
+            .send()
+            .await;
+        if let Ok(response) = answer {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if body["mesh"]["live"] == 3 {
+                break body;
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} never rejoined its region",
+            first.id
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    ensure!(
+        body["mesh"]["known"] == 3,
+        "the restarted node's view: {body}"
+    );
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+    Ok(())
+}

@@ -33,7 +33,7 @@ use crate::error::AblyError;
 use crate::node::Node;
 use crate::outbox::{self, Inbox, Outgoing};
 use crate::position::Position;
-use crate::protocol::{action, codec, flags, Encoded, Format, ProtocolMessage};
+use crate::protocol::{action, codec, flags, Encoded, Format, Message, ProtocolMessage};
 use crate::region::Start;
 
 /// Bytes queued toward one remote region per channel before its interest is cut off
@@ -244,7 +244,10 @@ impl ServedLink {
         };
         let publish = validate_name(&forward.channel)
             .and_then(|()| self.homed_here(&key))
-            .and_then(|()| forwarded_publish(&forward, &self.remote, origin_seq));
+            .and_then(|()| {
+                let limit = self.node.config.limits.max_message_size;
+                forwarded_publish(&forward, &self.remote, origin_seq, limit)
+            });
         let publish = match publish {
             Ok(publish) => publish,
             Err(error) => return self.send(Body::Ack(ack(Vec::new(), Some(&error)))),
@@ -294,10 +297,11 @@ impl ServedLink {
     fn on_handoff(&self, request: pb::HandoffRequest, origin_seq: u64) {
         let key = channel_key(&request.app_id, &request.channel);
         let node = self.node.clone();
+        let remote = self.remote.clone();
         let numbering = self.numbering.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let reply = handed_over(&node, &key, request.epoch, origin_seq).await;
+            let reply = handed_over(&node, &key, request.epoch, &remote, origin_seq).await;
             let frame = numbering.lock().frame(Body::HandoffReply(reply));
             let _ = tx.send(frame);
         });
@@ -349,13 +353,18 @@ impl ServedLink {
 /// How long the previous home tries to confirm the move before it answers no.
 const HANDOFF_CONFIRM: std::time::Duration = std::time::Duration::from_secs(4);
 
-async fn handed_over(node: &Node, key: &str, epoch: u64, origin_seq: u64) -> pb::HandoffReply {
+async fn handed_over(
+    node: &Node,
+    key: &str,
+    epoch: u64,
+    remote: &str,
+    origin_seq: u64,
+) -> pb::HandoffReply {
     let deadline = tokio::time::Instant::now() + HANDOFF_CONFIRM;
     while tokio::time::Instant::now() < deadline {
-        let seen = node
-            .control
-            .known_home(key)
-            .is_some_and(|h| h.epoch >= epoch);
+        // Only the new home, under the epoch it was given, gets the state.
+        let seen = (node.control.known_home(key))
+            .is_some_and(|h| epoch > 0 && h.epoch >= epoch && h.region == remote);
         if seen {
             if let Ok(state) = node.region.handoff(key, epoch).await {
                 let snapshot = state
@@ -386,6 +395,7 @@ fn forwarded_publish(
     forward: &pb::Forward,
     remote: &str,
     origin_seq: u64,
+    limit: usize,
 ) -> Result<Publish, AblyError> {
     let messages = (forward.messages.iter())
         .map(|p| {
@@ -394,6 +404,11 @@ fn forwarded_publish(
             Ok(message)
         })
         .collect::<Result<Vec<_>, AblyError>>()?;
+    // The same bound as a client's publish: a peer's must not be larger.
+    let size: usize = messages.iter().map(Message::size).sum();
+    if size > limit {
+        return Err(AblyError::MessageTooLarge { size, limit });
+    }
     Ok(Publish {
         messages,
         id_base: format!("bridge:{remote}:{origin_seq}"),

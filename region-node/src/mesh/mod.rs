@@ -377,6 +377,16 @@ fn register(
 
 async fn write_loop(mut writer: Writer, mut rx: mpsc::UnboundedReceiver<Bytes>) {
     while let Some(frame) = rx.recv().await {
+        // A frame the codec refuses must not end the loop while the connection stays
+        // up: every later message to the peer would vanish. Configuration bounds what
+        // a channel can hold, so this means a broken invariant, loudly.
+        if frame.len() > wire::MAX_FRAME {
+            tracing::error!(
+                frame.bytes = frame.len(),
+                "mesh frame over the limit dropped"
+            );
+            continue;
+        }
         if writer.send(frame).await.is_err() {
             return;
         }

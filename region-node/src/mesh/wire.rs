@@ -6,8 +6,13 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
-/// Largest mesh frame; bigger than any client frame so a relayed publish always fits.
-pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Largest mesh frame: bigger than any client frame, and than a channel's whole state
+/// (history is bounded by `history.max_bytes`, which the configuration keeps below
+/// [`MAX_STATE_BYTES`]), so a snapshot for a new copy holder always fits.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// The most `history.max_bytes` may be: a snapshot also carries remembered ids.
+pub const MAX_STATE_BYTES: usize = MAX_FRAME / 2;
 
 /// What a node tells others about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

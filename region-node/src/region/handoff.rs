@@ -162,7 +162,11 @@ impl RegionState {
 
     pub(super) fn on_handoff_request(&mut self, from: NodeId, channel: &str, req: u64, epoch: u64) {
         let moved = self.homes.get(channel).is_some_and(|h| h.epoch >= epoch);
-        let ready = moved && !self.masters.contains_key(channel);
+        // A takeover in progress holds the state it took from the copy here (it goes
+        // back to being a copy when the takeover finds the channel homed elsewhere):
+        // answer once it has.
+        let settled = !self.masters.contains_key(channel) && !self.acquiring.contains_key(channel);
+        let ready = moved && settled;
         let state = ready
             .then(|| self.replicas.get(channel).map(|r| r.core.snapshot()))
             .flatten();

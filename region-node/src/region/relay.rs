@@ -137,6 +137,14 @@ pub(super) struct Read {
     sent: bool,
 }
 
+impl RelaySlot {
+    /// Whether `since` lies before what this relay holds (and is a real position, not
+    /// the start of everything retained).
+    fn predates(&self, since: Position) -> bool {
+        since != super::client::FROM_RETAINED && self.started && self.core.since(since).is_none()
+    }
+}
+
 pub(super) struct Forwarded {
     reply_to: NodeId,
     /// The ChannelClient's request id, to answer it.
@@ -204,6 +212,17 @@ impl RegionState {
                 from: since,
             } => {
                 let slot = self.relays.get_mut(&channel).expect("checked by caller");
+                if let Some(since) = since.filter(|s| slot.predates(*s)) {
+                    // The home may still hold what this relay never had: it is asked to
+                    // replay from there, and the subscriber waits for it. Subscribers
+                    // further on drop what they already have.
+                    debug!(channel.name = %channel, "subscription from before the relay began; asking the home to replay");
+                    slot.core.restore(starting_at(since));
+                    slot.linked = false;
+                    slot.waiting.push((from, Some(since)));
+                    self.declare_interest(&channel);
+                    return;
+                }
                 if slot.linked {
                     slot.subscribers.insert(from.clone());
                     self.answer_subscribe(&channel, from, since);

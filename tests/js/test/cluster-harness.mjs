@@ -351,6 +351,9 @@ async function startHandNode({ id, dir, sourceConfig, caDir, trustCaDir = null }
   let config = setKey(source, 'node', 'id', `"${id}"`);
   config = setKey(config, 'node', 'data_dir', `"${join(dir, 'data')}"`);
   config = setKey(config, 'listen', 'client', '"127.0.0.1:0"');
+  // The launcher pins each node's mesh address (so restarts rejoin); a new node needs
+  // its own.
+  config = setKey(config, 'mesh', 'listen', '"127.0.0.1:0"');
   config = setKey(config, 'tls', 'cert', `"${join(dir, `${id}.pem`)}"`);
   config = setKey(config, 'tls', 'key', `"${join(dir, `${id}.key`)}"`);
   if (trustCaDir) config = setKey(config, 'tls', 'ca_cert', `"${join(trustCaDir, 'ca.pem')}"`);
