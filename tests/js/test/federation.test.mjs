@@ -11,7 +11,12 @@
 //    every ACKed message exactly once, in order. Three nodes, because a 2-node region
 //    that loses one has no majority and sends its clients away by design
 //    (docs/architecture.md, "Failover").
-// 3. Two regions of three nodes: SIGKILL the eu node that both masters a channel and
+// 3. Two regions of three nodes: channels homed in eu, subscribed on every us node and
+//    published to steadily from eu; a fourth us node joins (started by hand from
+//    us-2's config) and the ring makes it the relay of some of them: the original us
+//    subscribers still get every ACKed message exactly once, in order, and a client
+//    on the new node gets everything published after it attached.
+// 4. Two regions of three nodes: SIGKILL the eu node that both masters a channel and
 //    accepted the us relay's bridge stream, while eu (from a surviving node) and us
 //    publish: the link moves to a surviving eu node, a new eu master takes over, and
 //    subscribers in both regions get every ACKed message exactly once, in order.
@@ -27,7 +32,7 @@ import {
 } from './harness.mjs';
 import {
   startFederation, agreedPlacement, steadyPublisher, checkDelivery, checkSerialOrder, ackGaps,
-  compact, channelReport, explained,
+  compact, channelReport, explained, waitRegionHealthy,
 } from './cluster-harness.mjs';
 
 const FAILURE_TIMEOUT_MS = 1000;
@@ -411,6 +416,186 @@ describe('federation: SIGKILL the us node relaying a channel homed in eu', () =>
       }, () => report(fed, name, subs, pubs));
     } finally {
       for (const p of pubs) p.run.state.stopped = true;
+      closeAll(clients);
+    }
+  }));
+});
+
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Candidate channels for the join test: all are homed in eu, subscribed in us and
+ * published to before us-4 exists; the ones the 4-node us ring gives to us-4 are the
+ * ones the test follows. Placement hashes node ids and names only, so in a fresh
+ * federation the same candidates go to us-4 every run (3 of these 6 today).
+ */
+const JOIN_CANDIDATES = Array.from({ length: 6 }, (_, i) => `joined-${i}`);
+
+describe('federation: a node joins the region relaying a channel homed in eu', () => {
+  let fed;
+  before(async () => {
+    fed = await startFederation({
+      regions: ['eu', 'us'], nodes: 3, globalMasters: 3, failureTimeoutMs: FAILURE_TIMEOUT_MS, label: 'join',
+    });
+  });
+  after(async () => { await fed?.stop(); });
+
+  it("a node added to a region after interest was established receives the home's traffic", TEST_TIMEOUT, async (t) => fed.guard(async () => {
+    const eu = fed.region('eu');
+    const us = fed.region('us');
+    const originals = [...us.nodes];
+    const clients = [];
+    const subs = []; // { who, name, node, ... } per (client, channel)
+    const pubs = new Map(); // channel -> { label, name, channel, run }
+    let chosen = [];
+    try {
+      await explained(async () => {
+        // Every candidate is homed in eu by its first publish there.
+        const euPubClient = await connectedClient(eu.nodes[0], MSGPACK);
+        clients.push(euPubClient);
+        for (const name of JOIN_CANDIDATES) {
+          await within(euPubClient.channels.get(name).publish('home', { first: true }),
+            `ACK for the first publish of ${name}, in eu`, SLOW_MS);
+        }
+        // One subscriber client on each original us node, attached to every candidate.
+        for (const [i, node] of originals.entries()) {
+          const format = FORMATS[i % 2];
+          const client = await connectedClient(node, format);
+          clients.push(client);
+          for (const name of JOIN_CANDIDATES) {
+            const sub = await subscribeWith(client, name, `subscriber on ${node.id} (${format.name}) to ${name}`);
+            subs.push({ ...sub, node });
+          }
+        }
+        // Steady eu publishing on every candidate, each ACK awaited.
+        for (const name of JOIN_CANDIDATES) {
+          const channel = euPubClient.channels.get(name);
+          pubs.set(name, { label: 'eu', name, channel, run: steadyPublisher(channel, 'eu', { intervalMs: 100 }) });
+        }
+        for (const p of pubs.values()) await p.run.waitAcks(15, '15 ACKs before the join', SLOW_MS);
+        for (const s of subs) {
+          await until(() => s.got.messages.filter((m) => m.name === 'eu').length >= 5,
+            `${s.who} to receive eu messages before the join`, SLOW_MS);
+        }
+        // Interest is established: each candidate's us ring owner relays it.
+        const before3 = {};
+        for (const name of JOIN_CANDIDATES) {
+          before3[name] = await settledPlacement(originals, name);
+          const relay = fed.node(before3[name][0]);
+          await until(async () => {
+            const p = await relay.placement(name);
+            return p.relaying && p.home === 'eu';
+          }, `${relay.id} to relay ${name} from eu before the join`, SLOW_MS);
+        }
+
+        // A fourth us node, started from us-2's config (same region, seeds, global
+        // members, a bridge listener on port 0) with its own id and certificate.
+        const joinAt = Date.now();
+        const joined = await fed.addNode({ id: 'us-4', region: 'us', from: 'us-2' });
+        await waitRegionHealthy(us.nodes, 4, 'every us node healthy with 4 live (us-4 joined)', SLOW_MS);
+        const joinedAt = Date.now();
+        const after4 = {};
+        for (const name of JOIN_CANDIDATES) after4[name] = await settledPlacement(us.nodes, name);
+        const moves = JOIN_CANDIDATES.map((n) => `${n} ${before3[n].join(',')} -> ${after4[n].join(',')}`).join('; ');
+        note(t, `us-4 joined in ${joinedAt - joinAt} ms (bridge ${joined.bridge}); us placement: ${moves}`);
+        chosen = JOIN_CANDIDATES.filter((n) => after4[n][0] === joined.id);
+        assert.ok(chosen.length > 0,
+          `some candidate channel is relayed by ${joined.id} after the join (add candidates if none is): ${moves}`);
+        // Only the channels whose relay moved to us-4 keep publishing; the others
+        // are checked at the end for what was published until now.
+        for (const [name, p] of pubs) if (!chosen.includes(name)) await p.run.stop();
+
+        // The relay moved: us-4 relays each chosen channel from eu, its old relay not.
+        for (const name of chosen) {
+          const old = fed.node(before3[name][0]);
+          await until(async () => {
+            const [mine, theirs] = await Promise.all([joined.placement(name), old.placement(name)]);
+            return mine.relaying && mine.home === 'eu' && !theirs.relaying;
+          }, `${joined.id} (not ${old.id}) to relay ${name} from eu`, SLOW_MS);
+        }
+        const relayedAt = Date.now();
+        note(t, `${joined.id} relays ${chosen.join(', ')} ${relayedAt - joinedAt} ms after it joined`);
+        for (const name of chosen) {
+          await pubs.get(name).run.waitUntil(() => pubs.get(name).run.acks.filter((a) => a.ackAt > relayedAt).length >= 20,
+            '20 ACKs after the relay moved', SLOW_MS);
+        }
+        // Every original subscriber keeps up through the move.
+        for (const s of subs.filter((x) => chosen.includes(x.name))) {
+          const run = pubs.get(s.name).run;
+          const n = run.acks[run.acks.length - 1].n;
+          await until(() => s.got.messages.some((m) => m.name === 'eu' && m.data?.n >= n),
+            `${s.who} to receive eu #${n} (ACKed after the relay moved)`, SLOW_MS);
+        }
+
+        // A client connected directly to us-4 gets what eu publishes from then on.
+        const newClient = await connectedClient(joined, JSON_FMT);
+        clients.push(newClient);
+        const newSubs = [];
+        for (const name of chosen) {
+          newSubs.push({ ...await subscribeWith(newClient, name, `subscriber on ${joined.id} (json) to ${name}`), node: joined });
+        }
+        for (const s of newSubs) {
+          const run = pubs.get(s.name).run;
+          await run.waitUntil(() => run.acks.filter((a) => a.sentAt > s.since).length >= 15,
+            `15 ACKs after ${s.who} attached`, SLOW_MS);
+          const n = run.acks[run.acks.length - 1].n;
+          await until(() => s.got.messages.some((m) => m.name === 'eu' && m.data?.n >= n),
+            `${s.who} to receive eu #${n}`, SLOW_MS);
+        }
+        subs.push(...newSubs);
+
+        for (const p of pubs.values()) await p.run.stop();
+        const ends = new Map();
+        for (const name of JOIN_CANDIDATES) {
+          const end = await within(euPubClient.channels.get(name).publish('end', { end: true }),
+            `ACK for the end marker of ${name}`, SLOW_MS);
+          ends.set(name, end.serials[0]);
+        }
+        for (const s of subs) await waitForName(s, 'end');
+
+        for (const s of subs) {
+          const run = pubs.get(s.name).run;
+          assertNoDuplicateIds(s);
+          checkSerialOrder(assert, s.got.messages, s.who);
+          const last = s.got.messages[s.got.messages.length - 1];
+          assert.equal(last.name, 'end', `${s.who}: nothing after the end marker`);
+          assert.equal(last.serial, ends.get(s.name), `${s.who}: the end marker has its ACK's serial`);
+          // What a subscriber attached on us-4 must have: everything published after it attached.
+          const due = s.node === joined ? { label: 'eu', acks: run.acks.filter((a) => a.sentAt > s.since) } : run;
+          const { received, unackedDelivered } = checkDelivery(assert, s.got.messages, due, s.who);
+          if (chosen.includes(s.name)) {
+            note(t, `${s.who}: ${received} eu messages (${due.acks.length} due of ${run.acks.length} ACKed, ` +
+              `${run.failures.length} refused; delivered and not due ${compact(unackedDelivered)}; attach attempts ${s.attempts})`);
+          }
+        }
+        for (const name of JOIN_CANDIDATES) {
+          const [first, ...rest] = subs.filter((s) => s.name === name && s.node !== joined);
+          for (const s of rest) assert.deepEqual(ids(s), ids(first), `${s.who} sees ${first.who}'s messages in its order`);
+          for (const s of subs.filter((x) => x.name === name && x.node === joined)) {
+            const mine = ids(s);
+            assert.deepEqual(mine, ids(first).slice(-mine.length),
+              `${s.who} sees the tail of ${first.who}'s sequence from where it attached`);
+          }
+        }
+        for (const p of pubs.values()) {
+          assert.deepEqual(p.run.failures, [], `${p.name}: no eu publish refused while us-4 joined`);
+        }
+        for (const name of chosen) {
+          const gaps = ackGaps(pubs.get(name).run.acks, joinAt);
+          note(t, `${name}: ${pubs.get(name).run.acks.length} acked; ACK gap at the join ${gaps.gapAround} ms, largest ${gaps.maxGap} ms`);
+        }
+
+        // History through us-4 (its relay asks the home) is what the subscribers saw.
+        const name = chosen[0];
+        const [first] = subs.filter((s) => s.name === name && s.node !== joined);
+        const items = await historyThrough(joined, MSGPACK, name, `node ${joined.id}`);
+        assert.deepEqual(items.map((m) => m.id), [items[0]?.id, ...ids(first)],
+          `history of ${name} through ${joined.id} is complete and in the subscribers' order`);
+        assert.equal(items[0]?.name, 'home', `history of ${name} through ${joined.id} starts with the first publish`);
+      }, async () => [...await Promise.all(JOIN_CANDIDATES.map((n) => report(fed, n, subs.filter((s) => s.name === n),
+        pubs.has(n) ? [pubs.get(n)] : [], { logs: false }))), fed.logs(30)].join('\n'));
+    } finally {
+      for (const p of pubs.values()) p.run.state.stopped = true;
       closeAll(clients);
     }
   }));
