@@ -185,6 +185,16 @@ pub struct LimitsConfig {
     pub max_frame_size: usize,
     /// Bytes queued towards one connection before it is cut off as a slow consumer.
     pub max_connection_queue_bytes: usize,
+    /// Publishes (MESSAGE, PRESENCE, ANNOTATION, OBJECT frames) one connection may
+    /// send per second on average; announced to clients as `maxInboundRate`.
+    pub max_inbound_rate: u32,
+    /// Publishes a connection may send at once above that rate, such as the queue a
+    /// client flushes after reconnecting.
+    pub max_inbound_burst: u32,
+    /// Channels one connection may be attached to at once.
+    pub max_channels_per_connection: usize,
+    /// WebSocket connections this node serves at once; REST is not counted.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -302,6 +312,10 @@ impl Default for LimitsConfig {
             max_messages_per_publish: 1_000,
             max_frame_size: 512 * 1024,
             max_connection_queue_bytes: 8 * 1024 * 1024,
+            max_inbound_rate: 50,
+            max_inbound_burst: 50,
+            max_channels_per_connection: 200,
+            max_connections: 10_000,
         }
     }
 }
@@ -455,6 +469,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.limits.max_message_size > config.limits.max_frame_size {
         return bad("limits.max_message_size must not exceed limits.max_frame_size".into());
     }
+    validate_limits(&config.limits)?;
     if config.mesh.listen.is_some() && config.tls.files().is_none() {
         return bad(
             "mesh.listen needs tls.ca_cert, tls.cert and tls.key (see `region-node ca`)".into(),
@@ -498,6 +513,27 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A limit of zero would refuse every client, which is never what an operator meant.
+fn validate_limits(limits: &LimitsConfig) -> Result<(), ConfigError> {
+    let zero = [
+        ("max_inbound_rate", limits.max_inbound_rate as usize),
+        ("max_inbound_burst", limits.max_inbound_burst as usize),
+        (
+            "max_channels_per_connection",
+            limits.max_channels_per_connection,
+        ),
+        ("max_connections", limits.max_connections),
+    ]
+    .into_iter()
+    .find(|(_, value)| *value == 0);
+    match zero {
+        Some((key, _)) => Err(ConfigError::Semantic(format!(
+            "limits.{key} must be at least 1"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -550,6 +586,27 @@ mod tests {
         let loaded = load_with_env(None, &env).unwrap();
         assert_eq!(loaded.warnings.len(), 1);
         assert!(loaded.config.admin.loopback_without_token);
+    }
+
+    #[test]
+    fn limits_are_read_from_the_environment_and_zero_is_refused() {
+        let env = vec![
+            ("STARLING_LIMITS__MAX_INBOUND_RATE".into(), "5".into()),
+            ("STARLING_LIMITS__MAX_CONNECTIONS".into(), "3".into()),
+        ];
+        let limits = load_with_env(None, &env).unwrap().config.limits;
+        assert_eq!((limits.max_inbound_rate, limits.max_connections), (5, 3));
+        assert_eq!(limits.max_channels_per_connection, 200);
+
+        let env = vec![(
+            "STARLING_LIMITS__MAX_CHANNELS_PER_CONNECTION".into(),
+            "0".into(),
+        )];
+        let err = load_with_env(None, &env).err().unwrap();
+        assert!(
+            err.to_string().contains("max_channels_per_connection"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
-use tracing::debug;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
 pub use crate::auth::Identity;
 use crate::channel_client::Subscriber;
@@ -14,6 +15,7 @@ use crate::channel_master::Publish;
 use crate::channels::{channel_key, validate_name};
 use crate::config::LimitsConfig;
 use crate::error::AblyError;
+use crate::inbound_rate::{InboundGuard, Verdict};
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{action, data, flags, ErrorInfo, Message, ProtocolMessage, PublishResult};
@@ -56,16 +58,20 @@ pub struct Connection {
     outbox: Arc<Outbox>,
     echo: bool,
     attached: HashMap<String, Attachment>,
+    /// How fast this client may send; see `inbound_rate`.
+    inbound: InboundGuard,
 }
 
 impl Connection {
     pub fn new(node: Arc<Node>, identity: Identity, outbox: Arc<Outbox>, echo: bool) -> Self {
+        let inbound = InboundGuard::new(&node.config.limits, Instant::now());
         Self {
             node,
             identity,
             outbox,
             echo,
             attached: HashMap::new(),
+            inbound,
         }
     }
 
@@ -78,8 +84,61 @@ impl Connection {
         channel_key(&self.identity.app.id, name)
     }
 
-    /// Handles one inbound frame.
+    /// Handles one inbound frame, once its rate allows.
     pub fn handle(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
+        let now = Instant::now();
+        let verdict = if carries_publish(&pm) {
+            self.inbound.publish(now)
+        } else {
+            self.inbound.frame(now)
+        };
+        match verdict {
+            Verdict::Allowed => self.dispatch(pm, replies),
+            Verdict::OverRate => self.refuse_over_rate(pm, replies),
+            Verdict::Flooding => self.disconnect_flood(replies),
+        }
+    }
+
+    /// A WebSocket ping or pong arrived: it only counts towards a flood, so a client
+    /// cannot flood with frames the protocol layer never sees.
+    pub fn handle_control_frame(&mut self, replies: &mut Replies) -> Next {
+        match self.inbound.frame(Instant::now()) {
+            Verdict::Flooding => self.disconnect_flood(replies),
+            Verdict::Allowed | Verdict::OverRate => Next::Continue,
+        }
+    }
+
+    /// A publish over the rate is NACKed in its turn; the connection carries on.
+    fn refuse_over_rate(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
+        // Without a msgSerial there is nothing to NACK; the usual handling applies.
+        let Some(msg_serial) = pm.msg_serial else {
+            return self.dispatch(pm, replies);
+        };
+        metrics::counter!("starling_limit_refusals", "limit" => "inbound_rate").increment(1);
+        debug!(connection.id = %self.id(), msg_serial, "publish over the rate refused");
+        let error = AblyError::PublishRateExceeded {
+            rate: self.inbound.rate(),
+        };
+        replies.acks.push_back(refused(msg_serial, &error));
+        Next::Continue
+    }
+
+    /// A client that keeps sending far past its rate is sent away. DISCONNECTED, not
+    /// ERROR: a client flushing a backlog may resume and carry on at the rate.
+    fn disconnect_flood(&mut self, replies: &mut Replies) -> Next {
+        metrics::counter!("starling_limit_refusals", "limit" => "inbound_flood").increment(1);
+        warn!(connection.id = %self.id(), "disconnecting a connection that floods");
+        let error = AblyError::InboundFlood {
+            rate: self.inbound.rate(),
+        };
+        replies.now.push(ProtocolMessage {
+            error: Some(error.to_info()),
+            ..ProtocolMessage::new(action::DISCONNECTED)
+        });
+        Next::Close
+    }
+
+    fn dispatch(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
         match pm.action {
             action::HEARTBEAT => replies.now.push(ProtocolMessage {
                 id: pm.id,
@@ -197,6 +256,7 @@ impl Connection {
                 channel: name.into(),
             });
         }
+        self.check_channel_limit(name)?;
 
         let params = pm.params.clone().unwrap_or_default();
         let modes = granted_modes(pm.flags.unwrap_or(0), &params, |op| {
@@ -221,6 +281,16 @@ impl Connection {
         self.attached.insert(name.to_owned(), Attachment { modes });
         debug!(connection.id = %self.id(), channel.name = name, modes, "attaching");
         Ok(())
+    }
+
+    /// Attaching a channel again takes no new slot; a new one must fit.
+    fn check_channel_limit(&self, name: &str) -> Result<(), AblyError> {
+        let limit = self.node.config.limits.max_channels_per_connection;
+        if self.attached.contains_key(name) || self.attached.len() < limit {
+            return Ok(());
+        }
+        metrics::counter!("starling_limit_refusals", "limit" => "channels").increment(1);
+        Err(AblyError::TooManyChannels { limit })
     }
 
     fn detach(&mut self, pm: ProtocolMessage) -> ProtocolMessage {
@@ -282,6 +352,14 @@ impl Connection {
         };
         Ok(self.node.region.publish(&self.key(name), publish))
     }
+}
+
+/// Whether a frame is a publish: what `maxInboundRate` limits.
+fn carries_publish(pm: &ProtocolMessage) -> bool {
+    matches!(
+        pm.action,
+        action::MESSAGE | action::PRESENCE | action::ANNOTATION | action::OBJECT
+    )
 }
 
 /// The ACK or NACK frame for a publish's outcome.

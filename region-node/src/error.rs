@@ -66,6 +66,14 @@ pub enum AblyError {
     MethodNotAllowed,
     #[error("connection queue full: the client is not reading fast enough")]
     SlowConsumer,
+    #[error("publish rate exceeded: a connection may publish {rate} times a second")]
+    PublishRateExceeded { rate: u32 },
+    #[error("disconnected for sending far faster than the rate of {rate} publishes a second")]
+    InboundFlood { rate: u32 },
+    #[error("a connection may be attached to at most {limit} channels")]
+    TooManyChannels { limit: usize },
+    #[error("this node holds its maximum of {limit} connections; try again later")]
+    NodeFull { limit: usize },
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
     #[error("invalid connection key; a new connection was started")]
@@ -127,6 +135,11 @@ impl AblyError {
             NotFound(_) => (40400, 404),
             MethodNotAllowed => (40500, 405),
             SlowConsumer => (80003, 400),
+            PublishRateExceeded { .. } | InboundFlood { .. } => (42911, 429),
+            TooManyChannels { .. } => (90010, 400),
+            // 503 and 80003 are both retriable, so ably-js waits and tries again
+            // rather than failing the connection (protocol.md §6).
+            NodeFull { .. } => (80003, 503),
             Unsupported(_) => (40000, 400),
             InvalidConnectionKey => (80018, 400),
             ConnectionExpired => (80008, 400),
@@ -172,5 +185,18 @@ mod tests {
         .to_info();
         assert_eq!((info.code, info.status_code), (40009, 413));
         assert!(info.message.contains("70000"));
+    }
+
+    #[test]
+    fn limits_map_to_their_ably_codes() {
+        let cases = [
+            (AblyError::PublishRateExceeded { rate: 50 }, (42911, 429)),
+            (AblyError::InboundFlood { rate: 50 }, (42911, 429)),
+            (AblyError::TooManyChannels { limit: 200 }, (90010, 400)),
+            (AblyError::NodeFull { limit: 10_000 }, (80003, 503)),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.code_and_status(), expected, "{error}");
+        }
     }
 }

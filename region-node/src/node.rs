@@ -2,6 +2,7 @@
 //! handlers and its background tasks.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,6 +45,21 @@ pub struct Connections {
     /// in-band AUTH), so a revocation finds the connections it covers. Lock order:
     /// `tokens` before `live`.
     tokens: RwLock<HashMap<Arc<str>, TokenHolder>>,
+    /// WebSockets this node serves now, from the upgrade on (authenticated or not):
+    /// what `limits.max_connections` bounds. Each is released by its [`SocketSlot`].
+    sockets: AtomicUsize,
+}
+
+/// One admitted WebSocket's share of the node's connection limit; dropping it (the
+/// socket's task ending, however it ends) frees the slot.
+pub struct SocketSlot {
+    connections: Arc<Connections>,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.connections.sockets.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a revocation matches a connection's token by.
@@ -55,6 +71,18 @@ pub struct TokenHolder {
 }
 
 impl Connections {
+    /// Admits one more WebSocket if fewer than `limit` are served now.
+    pub fn admit(self: &Arc<Self>, limit: usize) -> Option<SocketSlot> {
+        let below = |n: usize| (n < limit).then_some(n + 1);
+        (self
+            .sockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, below))
+        .ok()?;
+        Some(SocketSlot {
+            connections: self.clone(),
+        })
+    }
+
     pub fn insert(&self, outbox: Arc<Outbox>) {
         self.live
             .write()
@@ -157,4 +185,20 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_beyond_the_limit_are_refused_until_a_slot_is_freed() {
+        let connections = Arc::new(Connections::default());
+        let first = connections.admit(2).expect("first");
+        let _second = connections.admit(2).expect("second");
+        assert!(connections.admit(2).is_none());
+
+        drop(first);
+        assert!(connections.admit(2).is_some());
+    }
 }

@@ -85,6 +85,16 @@ pub async fn upgrade(
 
 async fn serve(mut socket: WebSocket, query: Option<String>, node: Arc<Node>) {
     let params = ConnectParams::parse(query.as_deref());
+    // The slot is held until this socket ends, authenticating or not, so a node at
+    // its limit turns clients away before spending anything on their credentials.
+    let limit = node.config.limits.max_connections;
+    let Some(_slot) = node.connections.admit(limit) else {
+        metrics::counter!("starling_limit_refusals", "limit" => "connections").increment(1);
+        debug!(limit, "refusing connection: the node is full");
+        let full = AblyError::NodeFull { limit }.to_info();
+        let _ = last_word(&mut socket, action::DISCONNECTED, full, params.format).await;
+        return;
+    };
     let identity = match authenticate(&node, &params) {
         Ok(identity) => identity,
         Err(error) => {
@@ -349,14 +359,15 @@ fn on_frame(frame: WsMessage, connection: &mut Connection, replies: &mut Replies
         WsMessage::Text(text) => codec::decode_json(text.as_str()),
         WsMessage::Binary(bytes) => codec::decode_msgpack(&bytes),
         WsMessage::Close(_) => return Next::Close,
-        WsMessage::Ping(_) | WsMessage::Pong(_) => return Next::Continue,
+        WsMessage::Ping(_) | WsMessage::Pong(_) => return connection.handle_control_frame(replies),
     };
     metrics::counter!("starling_frames_in").increment(1);
 
     match decoded {
         Ok(pm) => connection.handle(pm, replies),
         Err(error) => {
-            debug!(connection.id = %connection.id(), "malformed frame: {error}");
+            let logged = crate::redact::quoted(&error.to_string());
+            debug!(connection.id = %connection.id(), "malformed frame: {logged}");
             replies
                 .now
                 .push(fatal(&AblyError::MalformedFrame(error.to_string())));
@@ -479,7 +490,7 @@ pub fn connected_frame(
             client_id: identity.client_id.clone(),
             max_message_size: config.limits.max_message_size as u64,
             max_frame_size: config.limits.max_frame_size as u64,
-            max_inbound_rate: 0,
+            max_inbound_rate: u64::from(config.limits.max_inbound_rate),
             connection_state_ttl: config.connection.state_ttl_ms,
             max_idle_interval: config.connection.max_idle_interval_ms,
             server_id: config.node.id.clone(),

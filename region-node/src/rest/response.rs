@@ -156,10 +156,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Negotiation {
 pub fn error_response(format: Format, error: &AblyError) -> Response {
     let info = error.to_info();
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // The message may quote what the client sent, a token perhaps; the log must not.
+    let logged = crate::redact::quoted(&info.message);
     if status.is_server_error() {
-        warn!(error.code = info.code, error.message = %info.message, "rest request failed");
+        warn!(error.code = info.code, error.message = %logged, "rest request failed");
     } else {
-        debug!(error.code = info.code, error.message = %info.message, "rest request refused");
+        debug!(error.code = info.code, error.message = %logged, "rest request refused");
     }
 
     let mut response = encoded(status, format, &ErrorBody { error: &info });
