@@ -475,6 +475,12 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "mesh.listen needs tls.ca_cert, tls.cert and tls.key (see `region-node ca`)".into(),
         );
     }
+    if config.history.max_bytes > crate::mesh::wire::MAX_STATE_BYTES {
+        return bad(format!(
+            "history.max_bytes must be at most {} (a channel's state travels in one mesh frame)",
+            crate::mesh::wire::MAX_STATE_BYTES
+        ));
+    }
     if config.mesh.replication_factor == 0 {
         return bad("mesh.replication_factor must be at least 1".into());
     }

@@ -92,7 +92,7 @@ pub enum AblyError {
     Internal(String),
     #[error("timed out: {0}")]
     Timeout(String),
-    #[error("this node cannot reach a majority of its region; try another node")]
+    #[error("this node cannot serve now (no majority of its region, or no lease from the global master); try another node")]
     NoQuorum,
     #[error("this node is shutting down; reconnect to another node")]
     Draining,
