@@ -261,6 +261,7 @@ async fn pump(
                 }
                 if next == Next::Close {
                     let _ = socket.close().await;
+                    drain_briefly(socket).await;
                     return;
                 }
                 if connection.identity().expires_ms() != expires_ms {
@@ -426,9 +427,19 @@ async fn last_word(
     socket.feed(to_ws(codec::encode(&pm, format))).await?;
     socket.flush().await?;
     let _ = socket.close().await;
+    drain_briefly(socket).await;
     Err(axum::Error::new(AblyError::Internal(
         "connection ended by the node".into(),
     )))
+}
+
+/// Reads (and drops) what the client still sends, for a moment, before the socket is
+/// dropped: closing a TCP socket with unread input resets it, and the reset can reach
+/// the client before the last frame it was sent, which it would then never read.
+async fn drain_briefly(socket: &mut WebSocket) {
+    const DRAIN: Duration = Duration::from_millis(500);
+    let deadline = Instant::now() + DRAIN;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.recv()).await {}
 }
 
 async fn keep_alive(socket: &mut WebSocket, params: &ConnectParams) -> Result<(), axum::Error> {
