@@ -17,6 +17,8 @@ pub mod data_dir;
 pub mod describe;
 pub mod error;
 pub mod health;
+#[cfg(test)]
+mod hostile_input;
 pub mod inbound_rate;
 pub mod launcher;
 pub mod mesh;

@@ -33,6 +33,24 @@ use crate::region::{BridgeIn, BridgeOut};
 
 pub use serve::serve;
 
+/// Decodes bytes as a bridge frame and everything it carries, as both sides of a link
+/// do, discarding the outcome: for property tests of hostile input.
+#[cfg(test)]
+pub fn decode_untrusted(bytes: &[u8]) {
+    use prost::Message as _;
+    let Ok(frame) = starling_proto::bridge::BridgeFrame::decode(bytes) else {
+        return;
+    };
+    if let Some(starling_proto::bridge::bridge_frame::Body::Forward(forward)) = &frame.body {
+        let _ = serve::forwarded_publish(forward, "peer", 1, 65_536);
+    }
+    let mut numbering = frames::Numbering::new("test");
+    for seq in 0..4 {
+        numbering.remember(seq, seq);
+    }
+    let _ = frames::incoming(frame, &mut numbering);
+}
+
 /// Bumped on incompatible changes of what the frames mean.
 const PROTOCOL_VERSION: u32 = 1;
 /// Largest bridge frame: a whole publish of the largest allowed size fits easily.

@@ -391,7 +391,7 @@ async fn handed_over(
 
 /// A forwarded publish as this region's master takes it: the messages with the ids
 /// the relay fixed, stamped with the publishing connection.
-fn forwarded_publish(
+pub(super) fn forwarded_publish(
     forward: &pb::Forward,
     remote: &str,
     origin_seq: u64,
