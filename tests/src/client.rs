@@ -294,6 +294,21 @@ impl Client {
         .with_context(|| format!("waiting for the ACK of msgSerial {msg_serial}"))
     }
 
+    /// Publishes one message named `name` and returns the ACK or NACK that answers it
+    /// (within 20 s: a publish may wait for a remote home or a failover).
+    pub async fn publish_answered(&mut self, channel: &str, name: &str) -> anyhow::Result<Value> {
+        let msg_serial = self.publish(channel, json!([{ "name": name }])).await?;
+        self.recv_until(
+            |f| {
+                (is_action(f, action::ACK) || is_action(f, action::NACK))
+                    && f["msgSerial"] == msg_serial
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .with_context(|| format!("the answer to publishing {name} on {channel}"))
+    }
+
     /// Publishes and waits for the ACK; a NACK is an error.
     pub async fn publish_acked(&mut self, channel: &str, messages: Value) -> anyhow::Result<Value> {
         let msg_serial = self.publish(channel, messages).await?;

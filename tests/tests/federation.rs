@@ -34,20 +34,6 @@ async fn bridged_node_with(group: &GlobalGroup, region: &str, extra: &str) -> Re
     Node::start_with(NodeOptions::default().config(config)).await
 }
 
-async fn publish_outcome(client: &mut Client, channel: &str, name: &str) -> Result<Value> {
-    let msg_serial = client.publish(channel, json!([{ "name": name }])).await?;
-    client
-        .recv_until(
-            |f| {
-                (is_action(f, action::ACK) || is_action(f, action::NACK))
-                    && f["msgSerial"] == msg_serial
-            },
-            Duration::from_secs(20),
-        )
-        .await
-        .with_context(|| format!("the answer to publishing {name} on {channel}"))
-}
-
 /// Attaches, retrying while the region cannot reach the channel's home yet.
 async fn attach_when_linked(client: &mut Client, channel: &str) -> Result<Value> {
     let deadline = Instant::now() + LINK_UP;
@@ -75,7 +61,7 @@ async fn publishers_in_both_regions_reach_subscribers_in_both_in_one_order() -> 
 
     eprintln!("phase: eu uses the channel first and becomes its home");
     let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
-    let first = publish_outcome(&mut eu_pub, "shared", "eu-0").await?;
+    let first = eu_pub.publish_answered("shared", "eu-0").await?;
     ensure!(is_action(&first, action::ACK), "eu publish: {first}");
 
     eprintln!("phase: subscribers attach in both regions");
@@ -88,9 +74,13 @@ async fn publishers_in_both_regions_reach_subscribers_in_both_in_one_order() -> 
     let mut us_pub = Client::connect(&us, "", Format::Json).await?;
     let per_region = 20;
     for i in 0..per_region {
-        let eu_ack = publish_outcome(&mut eu_pub, "shared", &format!("eu-{}", i + 1)).await?;
+        let eu_ack = eu_pub
+            .publish_answered("shared", &format!("eu-{}", i + 1))
+            .await?;
         ensure!(is_action(&eu_ack, action::ACK), "eu publish {i}: {eu_ack}");
-        let us_ack = publish_outcome(&mut us_pub, "shared", &format!("us-{i}")).await?;
+        let us_ack = us_pub
+            .publish_answered("shared", &format!("us-{i}"))
+            .await?;
         ensure!(is_action(&us_ack, action::ACK), "us publish {i}: {us_ack}");
     }
 
@@ -140,7 +130,9 @@ async fn publishers_in_both_regions_reach_subscribers_in_both_in_one_order() -> 
 
     eprintln!("phase: history in us of a channel nobody there attached to comes from eu");
     for i in 0..3 {
-        publish_outcome(&mut eu_pub, "cold", &format!("cold-{i}")).await?;
+        eu_pub
+            .publish_answered("cold", &format!("cold-{i}"))
+            .await?;
     }
     let cold = names(&history(&us, "cold").await?);
     ensure!(
@@ -173,7 +165,7 @@ async fn three_regions_deliver_each_message_to_each_subscriber_once() -> Result<
         nodes.push(bridged_node(&group, region).await?);
     }
     let mut home_pub = Client::connect(&nodes[0], "", Format::Msgpack).await?;
-    publish_outcome(&mut home_pub, "trio", "eu-0").await?;
+    home_pub.publish_answered("trio", "eu-0").await?;
 
     let mut subs = Vec::new();
     for node in &nodes {
@@ -188,7 +180,7 @@ async fn three_regions_deliver_each_message_to_each_subscriber_once() -> Result<
     for round in 0..5 {
         for (publisher, region) in pubs.iter_mut().zip(["eu", "us", "ap"]) {
             let name = format!("{region}-{}", round + 1);
-            let ack = publish_outcome(publisher, "trio", &name).await?;
+            let ack = publisher.publish_answered("trio", &name).await?;
             ensure!(is_action(&ack, action::ACK), "{name}: {ack}");
         }
     }
@@ -246,14 +238,14 @@ async fn a_cut_link_holds_publishes_and_heals_without_loss_or_reordering() -> Re
     let us = bridged_node(&group, "us").await?;
 
     let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
-    let first = publish_outcome(&mut eu_pub, "linked", "eu-0").await?;
+    let first = eu_pub.publish_answered("linked", "eu-0").await?;
     ensure!(is_action(&first, action::ACK), "eu publish: {first}");
     let mut eu_sub = Client::connect(&eu, "", Format::Json).await?;
     eu_sub.attach("linked").await?;
     let mut us_sub = Client::connect(&us, "", Format::Msgpack).await?;
     attach_when_linked(&mut us_sub, "linked").await?;
     let mut us_pub = Client::connect(&us, "", Format::Json).await?;
-    let warm = publish_outcome(&mut us_pub, "linked", "us-0").await?;
+    let warm = us_pub.publish_answered("linked", "us-0").await?;
     ensure!(
         is_action(&warm, action::ACK),
         "us publish over the link: {warm}"
@@ -268,7 +260,9 @@ async fn a_cut_link_holds_publishes_and_heals_without_loss_or_reordering() -> Re
                 .publish("linked", json!([{ "name": format!("us-{i}") }]))
                 .await?,
         );
-        let ack = publish_outcome(&mut eu_pub, "linked", &format!("eu-{i}")).await?;
+        let ack = eu_pub
+            .publish_answered("linked", &format!("eu-{i}"))
+            .await?;
         ensure!(
             is_action(&ack, action::ACK),
             "the home stops acknowledging: {ack}"
@@ -324,18 +318,18 @@ async fn publishes_held_past_the_bound_are_refused_with_a_clear_error() -> Resul
     let us = bridged_node_with(&group, "us", "hold_ms = 1500\n").await?;
 
     let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
-    publish_outcome(&mut eu_pub, "bounded", "eu-0").await?;
+    eu_pub.publish_answered("bounded", "eu-0").await?;
     let mut us_pub = Client::connect(&us, "", Format::Json).await?;
     let deadline = Instant::now() + LINK_UP;
     while !is_action(
-        &publish_outcome(&mut us_pub, "bounded", "warm").await?,
+        &us_pub.publish_answered("bounded", "warm").await?,
         action::ACK,
     ) {
         ensure!(Instant::now() < deadline, "the link never came up");
     }
 
     proxy.cut();
-    let reply = publish_outcome(&mut us_pub, "bounded", "held").await?;
+    let reply = us_pub.publish_answered("bounded", "held").await?;
     ensure!(
         is_action(&reply, action::NACK) && reply["error"]["code"] == 50003,
         "a publish held past the bound: {reply}"
@@ -354,7 +348,7 @@ async fn moving_a_home_under_load_keeps_one_order_without_loss_or_duplicates() -
     let eu = bridged_node(&group, "eu").await?;
     let us = bridged_node(&group, "us").await?;
     let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
-    let first = publish_outcome(&mut eu_pub, "moving", "eu-0").await?;
+    let first = eu_pub.publish_answered("moving", "eu-0").await?;
     ensure!(is_action(&first, action::ACK), "eu publish: {first}");
 
     let mut eu_sub = Client::connect(&eu, "", Format::Json).await?;
@@ -376,7 +370,7 @@ async fn moving_a_home_under_load_keeps_one_order_without_loss_or_duplicates() -
         }
         for (publisher, region) in [(&mut eu_pub, "eu"), (&mut us_pub, "us")] {
             let name = format!("{region}-{round}");
-            let reply = publish_outcome(publisher, "moving", &name).await?;
+            let reply = publisher.publish_answered("moving", &name).await?;
             if is_action(&reply, action::ACK) {
                 acked.push(name);
             } else {
@@ -452,16 +446,16 @@ async fn a_gap_the_home_no_longer_covers_is_reported_as_attached_with_an_error()
     let us = bridged_node(&group, "us").await?;
 
     let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
-    publish_outcome(&mut eu_pub, "gappy", "eu-0").await?;
+    eu_pub.publish_answered("gappy", "eu-0").await?;
     let mut us_sub = Client::connect(&us, "", Format::Json).await?;
     attach_when_linked(&mut us_sub, "gappy").await?;
-    publish_outcome(&mut eu_pub, "gappy", "eu-1").await?;
+    eu_pub.publish_answered("gappy", "eu-1").await?;
     us_sub.next_message("gappy").await?;
 
     eprintln!("phase: cut while the home sequences more than it retains");
     proxy.cut();
     for i in 2..22 {
-        publish_outcome(&mut eu_pub, "gappy", &format!("eu-{i}")).await?;
+        eu_pub.publish_answered("gappy", &format!("eu-{i}")).await?;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.heal();
@@ -480,7 +474,7 @@ async fn a_gap_the_home_no_longer_covers_is_reported_as_attached_with_an_error()
         "no error with the gap: {told}"
     );
 
-    let after = publish_outcome(&mut eu_pub, "gappy", "eu-after").await?;
+    let after = eu_pub.publish_answered("gappy", "eu-after").await?;
     ensure!(is_action(&after, action::ACK), "{after}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -514,19 +508,19 @@ async fn a_connection_resumes_in_another_region_gaplessly_or_is_told_of_the_gap(
     let eu = bridged_node(&group, "eu").await?;
     let us = bridged_node(&group, "us").await?;
     let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
-    publish_outcome(&mut eu_pub, "roam", "m0").await?;
+    eu_pub.publish_answered("roam", "m0").await?;
 
     eprintln!("phase: a us client sees m0, loses us, and resumes in eu (the home)");
     let mut roamer = Client::connect(&us, "", Format::Msgpack).await?;
     let id = roamer.connection_id().to_owned();
     let key = connection_key(&roamer)?;
     attach_when_linked(&mut roamer, "roam").await?;
-    publish_outcome(&mut eu_pub, "roam", "m1").await?;
+    eu_pub.publish_answered("roam", "m1").await?;
     let seen = roamer.next_message("roam").await?;
     let serial = seen["channelSerial"].as_str().context("serial")?.to_owned();
     drop(roamer);
     for n in 2..=10 {
-        publish_outcome(&mut eu_pub, "roam", &format!("m{n}")).await?;
+        eu_pub.publish_answered("roam", &format!("m{n}")).await?;
     }
     let mut resumed = resume_on(&eu, &key).await?;
     ensure!(
@@ -547,7 +541,7 @@ async fn a_connection_resumes_in_another_region_gaplessly_or_is_told_of_the_gap(
     eprintln!("phase: back to us, where the relay only holds what came after it started");
     let key = connection_key(&resumed)?;
     let serial_now = {
-        publish_outcome(&mut eu_pub, "roam", "m11").await?;
+        eu_pub.publish_answered("roam", "m11").await?;
         let frame = resumed.next_message("roam").await?;
         frame["channelSerial"]
             .as_str()
@@ -557,9 +551,9 @@ async fn a_connection_resumes_in_another_region_gaplessly_or_is_told_of_the_gap(
     drop(resumed);
     // A us subscriber starts a fresh relay after the roamer's serial.
     let mut witness = Client::connect(&us, "", Format::Json).await?;
-    publish_outcome(&mut eu_pub, "roam", "m12").await?;
+    eu_pub.publish_answered("roam", "m12").await?;
     attach_when_linked(&mut witness, "roam").await?;
-    publish_outcome(&mut eu_pub, "roam", "m13").await?;
+    eu_pub.publish_answered("roam", "m13").await?;
     witness.next_message("roam").await?;
     let mut back = resume_on(&us, &key).await?;
     let reattached = back
@@ -591,17 +585,17 @@ async fn resuming_in_another_region_past_the_homes_history_reports_the_gap() -> 
     .await?;
     let us = bridged_node(&group, "us").await?;
     let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
-    publish_outcome(&mut eu_pub, "far", "m0").await?;
+    eu_pub.publish_answered("far", "m0").await?;
 
     let mut roamer = Client::connect(&eu, "", Format::Json).await?;
     let key = connection_key(&roamer)?;
     roamer.attach("far").await?;
-    publish_outcome(&mut eu_pub, "far", "m1").await?;
+    eu_pub.publish_answered("far", "m1").await?;
     let seen = roamer.next_message("far").await?;
     let serial = seen["channelSerial"].as_str().context("serial")?.to_owned();
     drop(roamer);
     for n in 2..=12 {
-        publish_outcome(&mut eu_pub, "far", &format!("m{n}")).await?;
+        eu_pub.publish_answered("far", &format!("m{n}")).await?;
     }
 
     let mut back = resume_on(&us, &key).await?;

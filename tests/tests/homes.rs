@@ -27,21 +27,6 @@ async fn region_node(group: &GlobalGroup, region: &str) -> Result<Node> {
     Node::start_with(NodeOptions::default().config(config)).await
 }
 
-/// Publishes one message and returns the ACK or NACK that answers it.
-async fn publish_outcome(client: &mut Client, channel: &str, name: &str) -> Result<Value> {
-    let msg_serial = client.publish(channel, json!([{ "name": name }])).await?;
-    client
-        .recv_until(
-            |f| {
-                (is_action(f, action::ACK) || is_action(f, action::NACK))
-                    && f["msgSerial"] == msg_serial
-            },
-            Duration::from_secs(20),
-        )
-        .await
-        .with_context(|| format!("the answer to publishing {name} on {channel}"))
-}
-
 fn refused_as_homed_elsewhere(reply: &Value) -> bool {
     is_action(reply, action::NACK) && reply["error"]["code"] == HOMED_ELSEWHERE
 }
@@ -57,7 +42,7 @@ fn acked_serial(reply: &Value) -> Result<String> {
 async fn until_acked(client: &mut Client, channel: &str, name: &str) -> Result<String> {
     let deadline = Instant::now() + PROPAGATION;
     loop {
-        let reply = publish_outcome(client, channel, name).await?;
+        let reply = client.publish_answered(channel, name).await?;
         if is_action(&reply, action::ACK) {
             return acked_serial(&reply);
         }
@@ -85,13 +70,13 @@ async fn a_channel_is_sequenced_only_in_its_home_region_and_an_operator_move_han
     let mut on_us = Client::connect(&us, "", Format::Json).await?;
 
     eprintln!("phase: first use in eu homes the channel there");
-    let first = publish_outcome(&mut on_eu, "orders", "eu-1").await?;
+    let first = on_eu.publish_answered("orders", "eu-1").await?;
     let eu_serial = acked_serial(&first)?;
     let (region, epoch) = home_of(&group, &eu, "orders").await?.context("a home")?;
     ensure!(region == "eu", "homed in {region}, not in eu");
 
     eprintln!("phase: us refuses to sequence it, retriably, and says where it lives");
-    let refused = publish_outcome(&mut on_us, "orders", "us-1").await?;
+    let refused = on_us.publish_answered("orders", "us-1").await?;
     ensure!(
         refused_as_homed_elsewhere(&refused),
         "us sequenced a channel homed in eu: {refused}"
@@ -140,7 +125,7 @@ async fn a_channel_is_sequenced_only_in_its_home_region_and_an_operator_move_han
     );
     let deadline = Instant::now() + PROPAGATION;
     loop {
-        let reply = publish_outcome(&mut on_eu, "orders", "eu-after").await?;
+        let reply = on_eu.publish_answered("orders", "eu-after").await?;
         if refused_as_homed_elsewhere(&reply) {
             break;
         }
@@ -160,7 +145,7 @@ async fn attaching_in_a_region_that_is_not_the_home_fails_the_channel_retriably(
     let eu = region_node(&group, "eu").await?;
     let us = region_node(&group, "us").await?;
     let mut on_eu = Client::connect(&eu, "", Format::Json).await?;
-    acked_serial(&publish_outcome(&mut on_eu, "news", "first").await?)?;
+    acked_serial(&on_eu.publish_answered("news", "first").await?)?;
 
     let mut on_us = Client::connect(&us, "", Format::Msgpack).await?;
     on_us
@@ -185,7 +170,7 @@ async fn attaching_in_a_region_that_is_not_the_home_fails_the_channel_retriably(
     );
 
     // The connection itself is fine: another channel works.
-    let other = publish_outcome(&mut on_us, "us-news", "local").await?;
+    let other = on_us.publish_answered("us-news", "local").await?;
     acked_serial(&other)?;
     Ok(())
 }
