@@ -187,6 +187,55 @@ async function report(fed, name, subs, pubs = [], { logs = true } = {}) {
 
 // ---------------------------------------------------------------------------------------
 
+/**
+ * After a node was killed at `killAt`: every subscriber catches up with the latest ACKed
+ * message of each publisher, then gets the end marker last (with its ACK's serial); all
+ * see the same messages in one order, each ACKed message once; no publish was refused;
+ * the first two subscribers got eu's messages soon after their ACKs.
+ */
+async function verifyAfterKill(t, { subs, pubs, euPub, killAt, why }) {
+  for (const s of subs) {
+    await until(() => pubs.every((p) => s.got.messages.some((m) => m.name === p.label &&
+      m.data?.n === p.run.acks[p.run.acks.length - 1].n)),
+    `${s.who} to receive the latest ACKed messages after the kill`, SLOW_MS);
+  }
+
+  for (const p of pubs) await p.run.stop();
+  const end = await within(euPub.publish('end', { end: true }), 'ACK for the end marker', SLOW_MS);
+  for (const s of subs) await waitForName(s, 'end');
+
+  for (const s of subs) {
+    assertNoDuplicateIds(s);
+    checkSerialOrder(assert, s.got.messages, s.who);
+    const last = s.got.messages[s.got.messages.length - 1];
+    assert.equal(last.name, 'end', `${s.who}: nothing after the end marker`);
+    assert.equal(last.serial, end.serials[0], `${s.who}: the end marker has its ACK's serial`);
+    for (const p of pubs) {
+      const { received, unackedDelivered } = checkDelivery(assert, s.got.messages, p.run, s.who);
+      note(t, `${s.who}: ${received} of ${p.label}'s ${p.run.published} published ` +
+        `(${p.run.acks.length} acked, ${p.run.failures.length} refused; delivered unacked ${compact(unackedDelivered)})`);
+    }
+  }
+  for (const s of subs.slice(1)) {
+    assert.deepEqual(ids(s), ids(subs[0]), `${s.who} sees the same messages in the same order as ${subs[0].who}`);
+  }
+  for (const p of pubs) {
+    const gaps = ackGaps(p.run.acks, killAt);
+    note(t, `${p.label}: first ACK ${gaps.sinceEvent} ms after the kill (gap ${gaps.gapAround} ms; ` +
+      `largest ${gaps.maxGap} ms); refused ${JSON.stringify(p.run.failures)}`);
+  }
+  for (const p of pubs) {
+    assert.deepEqual(p.run.failures, [], `${p.label}: no publish refused (${why})`);
+  }
+  // The first two subscribers kept receiving: no eu message took long after its ACK.
+  for (const s of subs.slice(0, 2)) {
+    const worst = maxLag(s, pubs[0].run);
+    note(t, `${s.who}: eu messages arrived at most ${worst.lag} ms after their ACK (#${worst.n})`);
+    assert.ok(worst.lag < RELAY_LAG_MS,
+      `${s.who}: eu #${worst.n} arrived ${worst.lag} ms after its ACK (limit ${RELAY_LAG_MS})`);
+  }
+}
+
 describe('federation: two regions share a channel homed in eu', () => {
   let fed;
   before(async () => {
@@ -365,46 +414,7 @@ describe('federation: SIGKILL the us node relaying a channel homed in eu', () =>
         const newOwners = await agreedPlacement(survivors, name);
         note(t, `us placement after the kill: ${newOwners.join(', ')} (seen ${movedAt - killAt} ms after it)`);
         // Every subscriber has caught up with what was published after the kill.
-        for (const s of subs) {
-          await until(() => pubs.every((p) => s.got.messages.some((m) => m.name === p.label &&
-            m.data?.n === p.run.acks[p.run.acks.length - 1].n)),
-          `${s.who} to receive the latest ACKed messages after the kill`, SLOW_MS);
-        }
-
-        for (const p of pubs) await p.run.stop();
-        const end = await within(euPub.publish('end', { end: true }), 'ACK for the end marker', SLOW_MS);
-        for (const s of subs) await waitForName(s, 'end');
-
-        for (const s of subs) {
-          assertNoDuplicateIds(s);
-          checkSerialOrder(assert, s.got.messages, s.who);
-          const last = s.got.messages[s.got.messages.length - 1];
-          assert.equal(last.name, 'end', `${s.who}: nothing after the end marker`);
-          assert.equal(last.serial, end.serials[0], `${s.who}: the end marker has its ACK's serial`);
-          for (const p of pubs) {
-            const { received, unackedDelivered } = checkDelivery(assert, s.got.messages, p.run, s.who);
-            note(t, `${s.who}: ${received} of ${p.label}'s ${p.run.published} published ` +
-              `(${p.run.acks.length} acked, ${p.run.failures.length} refused; delivered unacked ${compact(unackedDelivered)})`);
-          }
-        }
-        for (const s of subs.slice(1)) {
-          assert.deepEqual(ids(s), ids(subs[0]), `${s.who} sees the same messages in the same order as ${subs[0].who}`);
-        }
-        for (const p of pubs) {
-          const gaps = ackGaps(p.run.acks, killAt);
-          note(t, `${p.label}: first ACK ${gaps.sinceEvent} ms after the kill (gap ${gaps.gapAround} ms; ` +
-            `largest ${gaps.maxGap} ms); refused ${JSON.stringify(p.run.failures)}`);
-        }
-        for (const p of pubs) {
-          assert.deepEqual(p.run.failures, [], `${p.label}: no publish refused (only a us relay died; us keeps a majority)`);
-        }
-        // The survivors kept receiving: no eu message took long after its ACK to arrive.
-        for (const s of subs.slice(0, 2)) {
-          const worst = maxLag(s, pubs[0].run);
-          note(t, `${s.who}: eu messages arrived at most ${worst.lag} ms after their ACK (#${worst.n})`);
-          assert.ok(worst.lag < RELAY_LAG_MS,
-            `${s.who}: eu #${worst.n} arrived ${worst.lag} ms after its ACK (limit ${RELAY_LAG_MS})`);
-        }
+        await verifyAfterKill(t, { subs, pubs, euPub, killAt, why: 'only a us relay died; us keeps a majority' });
 
         // History through a surviving us node and through eu: the same, in the
         // subscribers' order.
@@ -722,44 +732,7 @@ describe('federation: SIGKILL the eu node that masters a channel and accepted th
         note(t, `eu placement after the kill: ${newOwners.join(', ')} (epoch ${newMaster.epoch}); ` +
           `the link from ${relay.id} moved to ${newAcceptor.id}`);
 
-        for (const s of subs) {
-          await until(() => pubs.every((p) => s.got.messages.some((m) => m.name === p.label &&
-            m.data?.n === p.run.acks[p.run.acks.length - 1].n)),
-          `${s.who} to receive the latest ACKed messages after the kill`, SLOW_MS);
-        }
-        for (const p of pubs) await p.run.stop();
-        const end = await within(euPub.publish('end', { end: true }), 'ACK for the end marker', SLOW_MS);
-        for (const s of subs) await waitForName(s, 'end');
-
-        for (const s of subs) {
-          assertNoDuplicateIds(s);
-          checkSerialOrder(assert, s.got.messages, s.who);
-          const last = s.got.messages[s.got.messages.length - 1];
-          assert.equal(last.name, 'end', `${s.who}: nothing after the end marker`);
-          assert.equal(last.serial, end.serials[0], `${s.who}: the end marker has its ACK's serial`);
-          for (const p of pubs) {
-            const { received, unackedDelivered } = checkDelivery(assert, s.got.messages, p.run, s.who);
-            note(t, `${s.who}: ${received} of ${p.label}'s ${p.run.published} published ` +
-              `(${p.run.acks.length} acked, ${p.run.failures.length} refused; delivered unacked ${compact(unackedDelivered)})`);
-          }
-        }
-        for (const s of subs.slice(1)) {
-          assert.deepEqual(ids(s), ids(subs[0]), `${s.who} sees the same messages in the same order as ${subs[0].who}`);
-        }
-        for (const p of pubs) {
-          const gaps = ackGaps(p.run.acks, killAt);
-          note(t, `${p.label}: first ACK ${gaps.sinceEvent} ms after the kill (gap ${gaps.gapAround} ms; ` +
-            `largest ${gaps.maxGap} ms); refused ${JSON.stringify(p.run.failures)}`);
-        }
-        for (const p of pubs) {
-          assert.deepEqual(p.run.failures, [], `${p.label}: no publish refused (eu keeps a majority; the link comes back)`);
-        }
-        for (const s of subs.slice(0, 2)) {
-          const worst = maxLag(s, pubs[0].run);
-          note(t, `${s.who}: eu messages arrived at most ${worst.lag} ms after their ACK (#${worst.n})`);
-          assert.ok(worst.lag < RELAY_LAG_MS,
-            `${s.who}: eu #${worst.n} arrived ${worst.lag} ms after its ACK (limit ${RELAY_LAG_MS})`);
-        }
+        await verifyAfterKill(t, { subs, pubs, euPub, killAt, why: 'eu keeps a majority; the link comes back' });
 
         // History through the us relay and through a surviving eu node: the same, in
         // the subscribers' order.
