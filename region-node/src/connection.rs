@@ -429,7 +429,13 @@ impl Connection {
                 });
             }
         }
-        let own = self.identity.client_id.as_deref();
+        // A wildcard token that chose no clientId may act as any (enterClient).
+        let wildcard = (self.identity.token.as_ref())
+            .is_some_and(|t| t.client_id.as_deref() == Some("*"));
+        let own = match self.identity.client_id.as_deref() {
+            None if wildcard => Some("*"),
+            own => own,
+        };
         let limits = &self.node.config.limits;
         let messages = crate::presence::prepare(events, own, self.id(), limits)?;
         let config = &self.node.config.node;
