@@ -5,8 +5,9 @@
 // presence.get() on every node of both regions returns the same set. Then:
 // 1. SIGKILL a us node holding a member (not the us relay): its member leaves in both
 //    regions within its 15 s grace (plus failure detection); no one else leaves.
-// 2. SIGKILL the eu node that masters the channel (it holds no member): a new master
-//    takes over with the set intact, and no member leaves.
+// 2. SIGKILL the eu node that masters the channel and holds one member: a new master
+//    takes over with the set intact; that member leaves in both regions within its
+//    grace, and no one else leaves or enters again.
 // 3. Before that, a client whose transport drops resumes on another node (the
 //    region's entry balances round robin): same connectionId, and no LEAVE for it
 //    in all the time the test runs after (more than its grace).
@@ -83,9 +84,10 @@ describe('cluster presence: two regions of three nodes', () => {
     await attachRetrying(usSeen, 'us watcher');
     usSeen.presence.subscribe('leave', onLeave('us'));
 
-    // Members: one per eu node but the master, and one on each us node but the relay.
+    // Members: one per eu node, and one on each us node but the relay.
     const members = [
-      [eu, euCopy, 'bob'], [eu, euThird, 'carol'], [us, usOthers[0], 'dave'], [us, usOthers[1], 'erin'],
+      [eu, euMaster, 'alice'], [eu, euCopy, 'bob'], [eu, euThird, 'carol'],
+      [us, usOthers[0], 'dave'], [us, usOthers[1], 'erin'],
     ];
     for (const [region, id, clientId] of members) {
       const c = await client(byId(region, id), clientId);
@@ -93,7 +95,7 @@ describe('cluster presence: two regions of three nodes', () => {
       await attachRetrying(ch, clientId);
       await within(ch.presence.enter({ on: id }), `${clientId} enters`, 15_000);
     }
-    const everyone = ['bob', 'carol', 'dave', 'erin'];
+    const everyone = ['alice', 'bob', 'carol', 'dave', 'erin'];
     for (const node of [...eu.nodes, ...us.nodes]) {
       const reader = await client(node);
       const ch = reader.channels.get(name);
@@ -118,6 +120,10 @@ describe('cluster presence: two regions of three nodes', () => {
       'hopper to reconnect through the entry to another node', SLOW_MS, 50);
     assert.equal(hopper.connection.id, hopperId, 'hopper resumed its connection on another node');
 
+    const enters = [];
+    euSeen.presence.subscribe('enter', (m) => enters.push({ region: 'eu', clientId: m.clientId }));
+    usSeen.presence.subscribe('enter', (m) => enters.push({ region: 'us', clientId: m.clientId }));
+
     // 1. A us node holding dave dies.
     const victim = byId(us, usOthers[0]);
     const killedAt = Date.now();
@@ -131,18 +137,26 @@ describe('cluster presence: two regions of three nodes', () => {
       assert.ok(l.at - killedAt <= GRACE_MS + 5_000, `dave left ${l.at - killedAt} ms after the kill`);
     }
 
-    // 2. The eu master dies; the set stays.
+    // 2. The eu master, holding alice, dies; the set stays but for her.
     const master = byId(eu, euMaster);
+    const masterKilledAt = Date.now();
     master.signal('SIGKILL');
     await master.waitExit('the eu master to exit');
     await waitRegionHealthy(eu.nodes.filter((n) => n.id !== euMaster), 2, 'eu to settle on two nodes', SLOW_MS);
+    await until(() => ['eu', 'us'].every((r) => leaves.some((l) => l.region === r && l.clientId === 'alice')),
+      'alice to leave in both regions', GRACE_MS + 15_000, 100)
+      .catch((e) => { e.message += ` (leaves seen: ${JSON.stringify(leaves)})`; throw e; });
+    for (const l of leaves.filter((x) => x.clientId === 'alice')) {
+      assert.ok(l.at - masterKilledAt <= GRACE_MS + 8_000, `alice left ${l.at - masterKilledAt} ms after the kill`);
+    }
     const rest = ['bob', 'carol', 'erin', 'hopper'];
     await until(async () => JSON.stringify(await memberIds(euSeen).catch(() => [])) === JSON.stringify(rest),
       'the eu set after the failover', SLOW_MS, 250);
     // Past every grace that could have started: still nobody else left.
     const waitUntil = Date.now() + GRACE_MS + 3_000;
     await until(() => Date.now() >= waitUntil, 'the grace to pass', GRACE_MS + 10_000, 500);
-    assert.deepEqual(leaves.filter((l) => l.clientId !== 'dave'), [], 'no spurious LEAVE');
+    assert.deepEqual(leaves.filter((l) => !['dave', 'alice'].includes(l.clientId)), [], 'no spurious LEAVE');
+    assert.deepEqual(enters, [], 'no member entered again');
     assert.deepEqual(await memberIds(euSeen), rest);
     assert.deepEqual(await memberIds(usSeen), rest);
   });
