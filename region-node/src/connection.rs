@@ -430,8 +430,8 @@ impl Connection {
             }
         }
         // A wildcard token that chose no clientId may act as any (enterClient).
-        let wildcard = (self.identity.token.as_ref())
-            .is_some_and(|t| t.client_id.as_deref() == Some("*"));
+        let wildcard =
+            (self.identity.token.as_ref()).is_some_and(|t| t.client_id.as_deref() == Some("*"));
         let own = match self.identity.client_id.as_deref() {
             None if wildcard => Some("*"),
             own => own,

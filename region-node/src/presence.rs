@@ -73,9 +73,12 @@ pub struct Member {
     pub message: PresenceMessage,
     pub holder: Option<Holder>,
     pub grace_ms: u64,
-    /// When its connection was last known attached, to order a late `Gone` after a
-    /// `Here` from the node it resumed on.
-    pub asserted_ms: i64,
+    /// When its connection was last said to be attached (`Here`, on its holder's
+    /// clock), so a late `Gone` about an earlier loss on the same node changes
+    /// nothing; `i64::MIN` until then.
+    pub here_ms: i64,
+    /// When the master applied its latest ENTER or UPDATE (the master's clock).
+    pub applied_ms: i64,
     /// When it leaves unless its connection is asserted again (wall clock, ms).
     pub leave_at_ms: Option<i64>,
 }
@@ -152,13 +155,16 @@ impl Members {
             self.map.remove(&key);
             return;
         }
+        // A member that changes is alive: whatever leave was pending is off.
+        let here_ms = self.map.get(&key).map_or(i64::MIN, |m| m.here_ms);
         self.map.insert(
             key,
             Member {
                 message: message.clone(),
                 holder: entry.holder.clone(),
                 grace_ms: entry.grace_ms,
-                asserted_ms: now_ms,
+                here_ms,
+                applied_ms: now_ms,
                 leave_at_ms: None,
             },
         );
@@ -189,10 +195,11 @@ impl Members {
     }
 
     /// The connection left `holder`: its members leave at `leave_at_ms`, unless the
-    /// connection was asserted elsewhere (or here, again) after it was lost.
+    /// connection is held elsewhere now, or was said to be here again after it was
+    /// lost (a resume on the same node whose report overtook this one).
     pub fn gone(&mut self, holder: &Holder, connection_id: &str, lost_ms: i64, leave_at_ms: i64) {
         for member in self.connection_members_mut(connection_id) {
-            if member.holder.as_ref() != Some(holder) || member.asserted_ms > lost_ms {
+            if member.holder.as_ref() != Some(holder) || member.here_ms > lost_ms {
                 continue;
             }
             let at = member
@@ -205,17 +212,15 @@ impl Members {
     /// The connection is attached at `holder`: its members stay.
     pub fn here(&mut self, holder: &Holder, connection_id: &str, at_ms: i64) {
         for member in self.connection_members_mut(connection_id) {
-            if member.asserted_ms > at_ms {
-                continue;
-            }
             member.holder = Some(holder.clone());
-            member.asserted_ms = at_ms;
+            member.here_ms = member.here_ms.max(at_ms);
             member.leave_at_ms = None;
         }
     }
 
     /// Members held by nodes of `region` not in `alive` leave when their grace,
-    /// counted from `lost_ms`, runs out.
+    /// counted from `lost_ms` (or from their last change, if that came later), runs
+    /// out. A member re-asserted by a live node has that node as its holder.
     pub fn alive(&mut self, region: &str, alive: &[String], lost_ms: i64) {
         for member in self.map.values_mut() {
             let Some(holder) = &member.holder else {
@@ -224,10 +229,8 @@ impl Members {
             if holder.region != region || alive.contains(&holder.node) {
                 continue;
             }
-            if member.asserted_ms > lost_ms {
-                continue;
-            }
-            let at = lost_ms.saturating_add(member.grace_ms as i64);
+            let last = lost_ms.max(member.applied_ms);
+            let at = last.saturating_add(member.grace_ms as i64);
             member.leave_at_ms = Some(member.leave_at_ms.map_or(at, |t| t.min(at)));
         }
     }

@@ -44,7 +44,12 @@ async fn presence_needs_a_client_id_and_a_known_action() -> Result<()> {
     alice.attach("room").await?;
     let answer = presence(&mut alice, "room", json!([{"action": 1}])).await?;
     ensure_nack(&answer, 40013)?;
-    let answer = presence(&mut alice, "room", json!([{"action": 2, "clientId": "mallory"}])).await?;
+    let answer = presence(
+        &mut alice,
+        "room",
+        json!([{"action": 2, "clientId": "mallory"}]),
+    )
+    .await?;
     ensure_nack(&answer, 40012)?;
 
     let answer = presence(&mut alice, "room", json!([{"action": 2, "data": "hi"}])).await?;
@@ -80,7 +85,10 @@ async fn a_channel_holds_at_most_its_configured_members() -> Result<()> {
     let answer = presence(&mut clients[1], "full", json!([{"action": 3}])).await?;
     ensure!(is_action(&answer, action::ACK), "{answer}");
     let answer = presence(&mut clients[2], "full", json!([{"action": 2}])).await?;
-    ensure!(is_action(&answer, action::ACK), "room again after a leave: {answer}");
+    ensure!(
+        is_action(&answer, action::ACK),
+        "room again after a leave: {answer}"
+    );
     Ok(())
 }
 
@@ -89,7 +97,12 @@ async fn attaching_lists_the_members_and_a_sync_request_lists_them_again() -> Re
     let node = Node::start().await?;
     let mut member = Client::connect(&node, "clientId=alice", Format::Json).await?;
     member.attach("listed").await?;
-    let answer = presence(&mut member, "listed", json!([{"action": 2, "data": "here"}])).await?;
+    let answer = presence(
+        &mut member,
+        "listed",
+        json!([{"action": 2, "data": "here"}]),
+    )
+    .await?;
     ensure!(is_action(&answer, action::ACK), "{answer}");
 
     let mut reader = Client::connect(&node, "", Format::Msgpack).await?;
@@ -98,11 +111,17 @@ async fn attaching_lists_the_members_and_a_sync_request_lists_them_again() -> Re
         attached["flags"].as_i64().unwrap_or(0) & HAS_PRESENCE != 0,
         "ATTACHED says a SYNC follows: {attached}"
     );
-    let sync = reader.recv_until(|f| is_action(f, action::SYNC), WAIT).await?;
+    let sync = reader
+        .recv_until(|f| is_action(f, action::SYNC), WAIT)
+        .await?;
     check_sync(&sync)?;
 
-    reader.send(&json!({"action": action::SYNC, "channel": "listed"})).await?;
-    let again = reader.recv_until(|f| is_action(f, action::SYNC), WAIT).await?;
+    reader
+        .send(&json!({"action": action::SYNC, "channel": "listed"}))
+        .await?;
+    let again = reader
+        .recv_until(|f| is_action(f, action::SYNC), WAIT)
+        .await?;
     check_sync(&again)
 }
 
@@ -110,11 +129,17 @@ async fn attaching_lists_the_members_and_a_sync_request_lists_them_again() -> Re
 /// her ENTER (`connectionId:msgSerial:index`).
 fn check_sync(sync: &Value) -> Result<()> {
     let serial = sync["channelSerial"].as_str().unwrap_or_default();
-    ensure!(serial.ends_with(':'), "a one-page sync has an empty cursor: {sync}");
+    ensure!(
+        serial.ends_with(':'),
+        "a one-page sync has an empty cursor: {sync}"
+    );
     let members = sync["presence"].as_array().context("presence list")?;
     ensure!(members.len() == 1, "{sync}");
     let alice = &members[0];
-    ensure!(alice["action"] == 1 && alice["clientId"] == "alice", "{sync}");
+    ensure!(
+        alice["action"] == 1 && alice["clientId"] == "alice",
+        "{sync}"
+    );
     ensure!(alice["data"] == "here", "{sync}");
     let connection = alice["connectionId"].as_str().unwrap_or_default();
     let id = alice["id"].as_str().unwrap_or_default();

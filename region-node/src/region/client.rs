@@ -359,6 +359,19 @@ impl RegionState {
         let Some((channel, inflight)) = found else {
             return;
         };
+        if result.is_err() && is_presence_report(&inflight.publish) {
+            // Nothing else would repeat a report of who holds members: it stays in
+            // flight and goes again after the usual resend delay (until it expires).
+            let now = self.now_ms;
+            if let Some(slot) = self.clients.get_mut(&channel) {
+                let inflight = Inflight {
+                    sent_ms: Some(now),
+                    ..inflight
+                };
+                slot.inflight.insert(req, inflight);
+            }
+            return;
+        }
         let _ = inflight.reply.send(result);
         self.drop_client_if_idle(&channel);
     }
@@ -495,6 +508,15 @@ impl ClientSlot {
             (last, from) => last.or(from),
         }
     }
+}
+
+/// Whether a publish is a report of who holds presence members (not a client's own
+/// events, which the client retries itself).
+fn is_presence_report(publish: &Publish) -> bool {
+    matches!(
+        &publish.presence,
+        Some(PresenceOp::Gone { .. } | PresenceOp::Here { .. } | PresenceOp::Alive { .. })
+    )
 }
 
 /// How an attachment continues what its connection had before.

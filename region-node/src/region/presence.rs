@@ -184,24 +184,16 @@ impl RegionState {
         }
     }
 
-    /// A relay tells the home which of this region's nodes are alive.
+    /// A relay tells the home which of this region's nodes are alive, through this
+    /// node's ChannelClient like any presence report (so it is repeated until the
+    /// home answers).
     pub(super) fn report_alive(&mut self, channel: &str) {
         let op = PresenceOp::Alive {
             region: self.region.clone(),
             nodes: self.live.iter().cloned().collect(),
             lost_ms: self.now_ms - self.presence.detect_ms,
         };
-        let req = self.next_req();
-        let publish = Publish::presence(op, format!("alive:{}:{req}", self.me), None);
-        let me = self.me.clone();
-        self.on_relay_msg(
-            me,
-            super::msg::ChannelMsg::Publish {
-                channel: channel.to_owned(),
-                req,
-                publish,
-            },
-        );
+        self.send_presence_op(channel, op);
     }
 
     /// Periodic presence work: members whose grace ran out leave; ChannelClients

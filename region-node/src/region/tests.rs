@@ -1750,3 +1750,5 @@ fn an_attached_connection_attaching_again_from_a_serial_gets_each_message_once()
         "the old attachment was replaced"
     );
 }
+
+mod presence;

@@ -1,6 +1,7 @@
 // Presence on one node with the real client: enter, update and leave events, the
 // member set through SYNC (one page and many), enterClient for a wildcard token,
-// re-attaching, leaving on close, leaving 15 s after an abrupt loss, and REST.
+// re-attaching, leaving on close, leaving 15 s after an abrupt loss (a member process
+// SIGKILLed) but not after a resume, and REST (members, history, batch).
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -150,9 +151,9 @@ for (const format of FORMATS) {
       }
     });
 
-    it('a client that vanishes without closing leaves after the 15 s grace', SLOW, async () => {
+    it('a client that vanishes without closing leaves after the 15 s grace; one that resumes stays', SLOW, async () => {
       const name = freshChannel('presence-vanish');
-      let watcher, child;
+      let watcher, resumer, child;
       try {
         watcher = await connectedClient(node, format, { clientId: 'watcher' });
         const seen = watcher.channels.get(name);
@@ -160,18 +161,29 @@ for (const format of FORMATS) {
         const entered = events(seen, 'enter');
         const left = events(seen, 'leave');
 
+        resumer = await connectedClient(node, format, { clientId: 'resumer' });
+        await resumer.channels.get(name).presence.enter();
         child = spawnMember(node.options(format), name, 'ghost');
-        await until(() => entered.some((m) => m.clientId === 'ghost'), 'the ghost to enter', 20_000);
+        await until(() => ['ghost', 'resumer'].every((c) => entered.some((m) => m.clientId === c)),
+          'the ghost and the resumer to enter', 20_000);
+
         const killedAt = Date.now();
         child.kill('SIGKILL');
+        const resumerId = resumer.connection.id;
+        resumer.connection.connectionManager.disconnectAllTransports();
+        await until(() => resumer.connection.state === 'connected', 'the resumer to reconnect', 10_000);
+        assert.equal(resumer.connection.id, resumerId, 'the resumer resumed on the same node');
 
         await until(() => left.some((m) => m.clientId === 'ghost'), 'the ghost to leave', GRACE_MS + 10_000);
         const after = Date.now() - killedAt;
         assert.ok(after >= GRACE_MS - 1_000, `left after ${after} ms, before its grace`);
-        assert.deepEqual(await memberIds(seen), []);
+        // The resumer's own grace, which started with the ghost's, is over too.
+        await until(() => Date.now() - killedAt > GRACE_MS + 2_000, 'the resumer\'s grace to pass', 10_000, 200);
+        assert.deepEqual(left.map((m) => m.clientId), ['ghost'], 'no LEAVE for the resumed connection');
+        assert.deepEqual(await memberIds(seen), ['resumer']);
       } finally {
         child?.kill('SIGKILL');
-        closeAll(watcher);
+        closeAll(watcher, resumer);
       }
     });
   });
