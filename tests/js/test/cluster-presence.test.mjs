@@ -1,7 +1,10 @@
 // Presence across nodes and regions with real processes: `region-node dev --regions
 // eu,us --nodes 3`, ably-js clients connected to chosen nodes.
 //
-// One channel homed in eu. Members enter from every eu node and from two us nodes;
+// First, 250 members entered on a channel homed in us, and one from eu, are listed
+// on nodes of both regions (a multi-page SYNC, relayed to eu as one member list).
+//
+// Then one channel homed in eu. Members enter from every eu node and from two us nodes;
 // presence.get() on every node of both regions returns the same set. Then:
 // 1. SIGKILL a us node holding a member (not the us relay): its member leaves in both
 //    regions within its 15 s grace (plus failure detection); no one else leaves.
@@ -52,6 +55,37 @@ describe('cluster presence: two regions of three nodes', () => {
   after(async () => {
     closeAll(clients);
     await fed?.stop();
+  });
+
+  it('250 members entered in the home region reach the other through a multi-page SYNC', TEST_TIMEOUT, async () => {
+    const name = freshChannel('presence-bulk');
+    const eu = fed.region('eu');
+    const us = fed.region('us');
+    // Homed in us: used there first, by a client that may act as any clientId.
+    const rest = new Ably.Rest(us.nodes[0].options(MSGPACK));
+    const token = await rest.auth.requestToken({ clientId: '*' });
+    const bulk = await connectedClient(us.nodes[0], MSGPACK, { key: undefined, token: token.token });
+    clients.push(bulk);
+    const home = bulk.channels.get(name);
+    await attachRetrying(home, 'bulk client');
+    const ids = Array.from({ length: 250 }, (_, i) => `bulk-${String(i).padStart(3, '0')}`);
+    await within(Promise.all(ids.map((id) => home.presence.enterClient(id))), '250 enters', SLOW_MS);
+
+    const visitor = await connectedClient(eu.nodes[1], MSGPACK, { clientId: 'visitor' });
+    clients.push(visitor);
+    const away = visitor.channels.get(name);
+    await attachRetrying(away, 'eu visitor');
+    await within(away.presence.enter(), 'the visitor enters from eu', SLOW_MS);
+    const everyone = [...ids, 'visitor'].sort();
+
+    for (const node of [eu.nodes[0], eu.nodes[2], us.nodes[1]]) {
+      const reader = await connectedClient(node, MSGPACK);
+      clients.push(reader);
+      const ch = reader.channels.get(name);
+      await attachRetrying(ch, `reader on ${node.id}`);
+      await until(async () => JSON.stringify(await memberIds(ch)) === JSON.stringify(everyone),
+        `all 251 members on ${node.id}`, SLOW_MS, 250);
+    }
   });
 
   it('one member set everywhere; a dead node\'s members leave in both regions; a master failover keeps the set', TEST_TIMEOUT, async () => {
