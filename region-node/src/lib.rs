@@ -9,6 +9,7 @@ pub mod capability;
 pub mod channel_client;
 pub mod channel_master;
 pub mod channels;
+pub mod client_tls;
 pub mod config;
 pub mod connection;
 pub mod connection_key;

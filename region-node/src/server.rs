@@ -1,6 +1,7 @@
 //! Assembles a node from its configuration, binds its listeners and serves until
 //! shutdown.
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use axum::serve::{Listener as _, ListenerExt};
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::apps::AppRegistry;
@@ -24,7 +26,7 @@ use crate::error::AblyError;
 use crate::mesh::{MemberInfo, Mesh, MeshSettings};
 use crate::node::{now_ms, Connections, Node};
 use crate::region::{BridgeLink, MeshLink, Region, RegionSettings};
-use crate::{describe, health, rest, ws};
+use crate::{client_tls, describe, health, rest, ws};
 use starling_proto::tls::TlsFiles;
 
 /// How long draining waits for clients to be told to go.
@@ -220,6 +222,11 @@ pub async fn serve(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    let tls_listener = match config.client_tls.listen {
+        Some(addr) => Some(client_tls::bind(&config.client_tls, addr).await?),
+        None => None,
+    };
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let node = build_node(config, client_addr, bridge_addr).await?;
     if let (Some(listener), Some(addr)) = (bridge_listener, bridge_addr) {
         let tls = node
@@ -244,6 +251,7 @@ pub async fn serve(
         for region in &mut described.regions {
             for described_node in &mut region.nodes {
                 described_node.bridge = bridge_addr.map(|a| a.to_string());
+                described_node.client_tls = tls_addr.map(|a| a.to_string());
             }
         }
         describe::write(path, &described).with_context(|| format!("writing {}", path.display()))?;
@@ -254,6 +262,7 @@ pub async fn serve(
         node.id = %node.config.node.id,
         region.id = %node.config.node.region,
         listen.client = %client_addr,
+        listen.client_tls = ?tls_addr,
         listen.mesh = ?node.mesh.as_ref().map(|m| m.local_addr()),
         listen.bridge = ?bridge_addr,
         "region node ready"
@@ -272,21 +281,44 @@ pub async fn serve(
             wait_for_connections_to_close(&node).await;
         }
     };
-    let app = router(node.clone(), metrics).into_make_service_with_connect_info::<SocketAddr>();
-    // Frames are small and latency matters more than packet count: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            debug!("could not set TCP_NODELAY: {error}");
+    let stopping = CancellationToken::new();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            draining.await;
+            stopping.cancel();
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(draining)
-        .await?;
+    let app = router(node.clone(), metrics);
+    let plain = axum::serve(
+        listener.tap_io(no_delay),
+        app.clone()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopping.clone().cancelled_owned());
+    match tls_listener {
+        Some(tls) => {
+            let secure = axum::serve(
+                tls.tap_io(|tls| no_delay(tls.get_mut().0)),
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopping.cancelled_owned());
+            tokio::try_join!(plain.into_future(), secure.into_future())?;
+        }
+        None => plain.await?,
+    }
     if let Some(mesh) = &node.mesh {
         mesh.leave().await;
     }
     info!("region node stopped");
     Ok(())
+}
+
+/// Frames are small and latency matters more than packet count: no Nagle delay.
+fn no_delay(tcp: &mut TcpStream) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        debug!("could not set TCP_NODELAY: {error}");
+    }
 }
 
 /// Gives connection tasks a moment to put their DISCONNECTED on the wire; the

@@ -12,6 +12,8 @@
 //!   some client misbehaved.
 //! - [`global`]: a global master group of real processes, for nodes that use one.
 //! - [`rest`]: Basic auth, `Link` header parsing and MessagePack bodies for REST tests.
+//! - [`tls`]: a test CA, certificates for the client TLS listener, and wss/https
+//!   clients that trust that CA and report the certificate they were shown.
 //! - [`token`]: signed TokenRequests, `requestToken` and `revokeTokens`.
 
 pub mod client;
@@ -19,6 +21,7 @@ pub mod global;
 pub mod node;
 pub mod proxy;
 pub mod rest;
+pub mod tls;
 pub mod token;
 pub mod wire;
 pub mod witness;
