@@ -22,6 +22,7 @@ pub mod health;
 mod hostile_input;
 pub mod inbound_rate;
 pub mod launcher;
+pub mod logging;
 pub mod mesh;
 pub mod node;
 pub mod outbox;
