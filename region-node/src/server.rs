@@ -17,13 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::apps::AppRegistry;
+use crate::auth::nonce_claims::RegionNonces;
 use crate::bridge::{DialSettings, Dialer};
 use crate::config::Config;
 use crate::connection_key::KeySigner;
 use crate::control::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::error::AblyError;
-use crate::mesh::{MemberInfo, Mesh, MeshSettings};
+use crate::mesh::{MemberInfo, Mesh, MeshInbound, MeshSettings};
 use crate::node::{now_ms, Connections, Node};
 use crate::region::{BridgeLink, MeshLink, Region, RegionSettings};
 use crate::{client_tls, describe, health, rest, ws};
@@ -51,9 +52,16 @@ pub async fn build_node(
         .await
         .context("starting the control plane")?;
 
-    let (mesh, link) = match start_mesh(&config, client_addr, bridge_addr).await? {
-        Some((mesh, inbound)) => (Some(mesh.clone()), Some(MeshLink { mesh, inbound })),
-        None => (None, None),
+    let (mesh, link, nonces) = match start_mesh(&config, client_addr, bridge_addr).await? {
+        Some((mesh, inbound)) => {
+            let nonces = RegionNonces::start(mesh.clone(), inbound.nonces);
+            let link = MeshLink {
+                mesh: mesh.clone(),
+                inbound: inbound.channels,
+            };
+            (Some(mesh), Some(link), nonces)
+        }
+        None => (None, None, RegionNonces::alone()),
     };
     let settings = RegionSettings {
         node_id: config.node.id.clone(),
@@ -81,12 +89,10 @@ pub async fn build_node(
         connections,
         keys: KeySigner::new(&cluster_secret),
         admin_token,
-        nonces: Default::default(),
+        nonces,
         config,
     }))
 }
-
-type Inbound = tokio::sync::mpsc::UnboundedReceiver<(String, crate::region::msg::ChannelMsg)>;
 
 /// The dialing side of this node's bridges, when it has a bridge listener.
 fn bridge_link(
@@ -156,7 +162,7 @@ async fn start_mesh(
     config: &Config,
     client: SocketAddr,
     bridge: Option<SocketAddr>,
-) -> anyhow::Result<Option<(Mesh, Inbound)>> {
+) -> anyhow::Result<Option<(Mesh, MeshInbound)>> {
     let Some(listen) = config.mesh.listen else {
         return Ok(None);
     };
