@@ -149,6 +149,22 @@ impl Node {
             .with_context(|| format!("describe file has a bad TLS address {addr:?}"))
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.describe.regions[0].nodes[0].pid
+    }
+
+    /// The node's resident memory (`VmRSS` in `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .context("reading the node's /proc status")?;
+        let line = (status.lines())
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS line")?;
+        let kib = line.split_whitespace().nth(1).context("VmRSS value")?;
+        kib.parse().context("VmRSS in KiB")
+    }
+
     /// The first key of the first app, `appId.keyId:secret`.
     pub fn key(&self) -> &str {
         &self.describe.apps[0].keys[0].key
