@@ -652,6 +652,22 @@ mod tests {
     }
 
     #[test]
+    fn a_client_tls_listener_needs_a_certificate_and_key() {
+        let f = file("[client_tls]\nlisten = \"127.0.0.1:0\"\ncert = \"c.pem\"\n");
+        let err = load_with_env(Some(f.path()), &[]).err().unwrap();
+        assert!(err.to_string().contains("client_tls.key"), "{err}");
+
+        let env = vec![
+            ("STARLING_CLIENT_TLS__LISTEN".into(), "127.0.0.1:0".into()),
+            ("STARLING_CLIENT_TLS__CERT".into(), "c.pem".into()),
+            ("STARLING_CLIENT_TLS__KEY".into(), "k.pem".into()),
+        ];
+        let tls = load_with_env(None, &env).unwrap().config.client_tls;
+        assert_eq!(tls.key.as_deref(), Some(Path::new("k.pem")));
+        assert_eq!(tls.reload_check_ms, 10_000);
+    }
+
+    #[test]
     fn apps_are_read_from_the_file() {
         let f = file("[[apps]]\nid = \"app1\"\n[[apps.keys]]\nid = \"k1\"\nsecret = \"s\"\n");
         let loaded = load_with_env(Some(f.path()), &[]).unwrap();
