@@ -9,6 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use starling_tests::client::{encode_component, is_action};
 use starling_tests::{action, rest, Client, Format, Node, NodeOptions, WAIT};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 const CHANNEL: &str = "steady";
@@ -17,6 +18,10 @@ const MESSAGES: usize = 3_000;
 const PAYLOAD: usize = 16 * 1024;
 /// Publishes in flight at once: steady, not one by one.
 const WINDOW: usize = 32;
+/// How far the publisher may get ahead of the healthy subscriber, in messages. The
+/// healthy one thus never has more than `LEAD * PAYLOAD` (128 KiB) outstanding, half
+/// the queue bound, however slow the machine; the slow one falls behind without end.
+const LEAD: usize = 8;
 const QUEUE_BYTES: usize = 256 * 1024;
 /// What the node may grow by while 48 MiB pass through it. Holding what the slow
 /// consumer missed (all of it, less what the kernel buffers took) would take more.
@@ -41,8 +46,13 @@ fn name_of(message: &Value) -> String {
     message["name"].as_str().unwrap_or_default().to_owned()
 }
 
-/// Reads until `count` messages arrived on the channel; their names, in order.
-async fn receive_all(mut client: Client, count: usize) -> Result<Vec<String>> {
+/// Reads until `count` messages arrived on the channel, telling `progress` how many
+/// so far; their names, in order.
+async fn receive_all(
+    mut client: Client,
+    count: usize,
+    progress: watch::Sender<usize>,
+) -> Result<Vec<String>> {
     let mut names = Vec::with_capacity(count);
     while names.len() < count {
         let frame = client
@@ -51,15 +61,25 @@ async fn receive_all(mut client: Client, count: usize) -> Result<Vec<String>> {
             .with_context(|| format!("healthy subscriber after {} messages", names.len()))?;
         let batch = frame["messages"].as_array().context("messages")?;
         names.extend(batch.iter().map(name_of));
+        progress.send_replace(names.len());
     }
     Ok(names)
 }
 
-/// Publishes every message with up to `WINDOW` waiting for their ACKs.
-async fn publish_steadily(publisher: &mut Client) -> Result<()> {
+/// Publishes every message with up to `WINDOW` waiting for their ACKs, and never more
+/// than `LEAD` ahead of what the healthy subscriber received.
+async fn publish_steadily(
+    publisher: &mut Client,
+    mut healthy: watch::Receiver<usize>,
+) -> Result<()> {
     let data = "x".repeat(PAYLOAD);
     let mut in_flight = std::collections::VecDeque::new();
     for n in 0..MESSAGES {
+        let caught_up = healthy.wait_for(|received| received + LEAD >= n);
+        tokio::time::timeout(WAIT, caught_up)
+            .await
+            .with_context(|| format!("the healthy subscriber stalled before m{n}"))?
+            .context("the healthy subscriber ended")?;
         let serial = publisher
             .publish(CHANNEL, json!([{"name": format!("m{n}"), "data": data}]))
             .await?;
@@ -145,7 +165,7 @@ async fn read_until_sent_away(slow: &mut Client) -> Result<String> {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_is_cut_off_while_a_healthy_one_gets_everything(
 ) -> Result<()> {
     let node = Node::start_with(options()).await?;
@@ -162,9 +182,10 @@ async fn a_subscriber_that_stops_reading_is_cut_off_while_a_healthy_one_gets_eve
     let rss_before = node.rss_kib()?;
 
     eprintln!("phase: {MESSAGES} messages of {PAYLOAD} bytes; the slow subscriber reads nothing");
-    let healthy = tokio::spawn(receive_all(healthy, MESSAGES));
+    let (progress, watched) = watch::channel(0);
+    let healthy = tokio::spawn(receive_all(healthy, MESSAGES, progress));
     let started = Instant::now();
-    publish_steadily(&mut publisher).await?;
+    publish_steadily(&mut publisher, watched).await?;
     let names = tokio::time::timeout(WAIT * 6, healthy)
         .await
         .context("the healthy subscriber did not finish")???;
