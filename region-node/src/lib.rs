@@ -27,6 +27,7 @@ pub mod mesh;
 pub mod node;
 pub mod outbox;
 pub mod position;
+pub mod presence;
 pub mod protocol;
 pub mod redact;
 pub mod region;
