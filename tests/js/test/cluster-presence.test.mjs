@@ -88,6 +88,16 @@ describe('cluster presence: two regions of three nodes', () => {
       await until(async () => JSON.stringify(await memberIds(ch)) === JSON.stringify(everyone),
         `all 251 members on ${node.id}`, SLOW_MS, 250);
     }
+
+    // REST through a node of the other region reads them at the home, page by page.
+    const euRest = new Ably.Rest(eu.nodes[0].options(MSGPACK));
+    let page = await euRest.channels.get(name).presence.get({ limit: 100 });
+    const listed = [...page.items];
+    while (page.hasNext()) {
+      page = await page.next();
+      listed.push(...page.items);
+    }
+    assert.deepEqual(listed.map((m) => m.clientId).sort(), everyone);
   });
 
   it('one member set everywhere; a dead node\'s members leave in both regions; a master failover keeps the set', TEST_TIMEOUT, async () => {
