@@ -598,7 +598,7 @@ impl ChannelMaster {
 
     pub fn history(&self, query: &HistoryQuery) -> HistoryPage {
         if let ReadKind::Members { .. } = query.kind {
-            return self.member_page(query);
+            return member_page(&self.members, query);
         }
         let presence = query.kind == ReadKind::PresenceHistory;
         let in_range = |s: &&Stored| {
@@ -654,35 +654,6 @@ impl ChannelMaster {
         }
     }
 
-    /// A page of the current members. The next page's cursor is an offset, carried in
-    /// the position's sequence number.
-    fn member_page(&self, query: &HistoryQuery) -> HistoryPage {
-        let ReadKind::Members {
-            client_id,
-            connection_id,
-            offset,
-        } = &query.kind
-        else {
-            return HistoryPage::default();
-        };
-        let matching: Vec<PresenceMessage> = (self.members.present().into_iter())
-            .filter(|m| client_id.is_none() || m.client_id == *client_id)
-            .filter(|m| connection_id.is_none() || m.connection_id == *connection_id)
-            .collect();
-        let page: Vec<PresenceMessage> = matching
-            .iter()
-            .skip(*offset)
-            .take(query.limit)
-            .cloned()
-            .collect();
-        let end = offset + page.len();
-        HistoryPage {
-            messages: Vec::new(),
-            presence: page,
-            next: (end < matching.len()).then(|| Position::new(0, end as u64)),
-        }
-    }
-
     fn remember(&mut self, id: String, serial: Option<String>, now_ms: i64) {
         self.seen_order.push_back((now_ms, id.clone()));
         self.seen.insert(id, serial);
@@ -713,6 +684,35 @@ impl ChannelMaster {
             messages: Some(messages),
             ..ProtocolMessage::for_channel(action::MESSAGE, &self.name)
         }
+    }
+}
+
+/// A page of `members` for a members read. The next page's cursor is an offset,
+/// carried in the position's sequence number.
+pub fn member_page(members: &Members, query: &HistoryQuery) -> HistoryPage {
+    let ReadKind::Members {
+        client_id,
+        connection_id,
+        offset,
+    } = &query.kind
+    else {
+        return HistoryPage::default();
+    };
+    let matching: Vec<PresenceMessage> = (members.present().into_iter())
+        .filter(|m| client_id.is_none() || m.client_id == *client_id)
+        .filter(|m| connection_id.is_none() || m.connection_id == *connection_id)
+        .collect();
+    let page: Vec<PresenceMessage> = matching
+        .iter()
+        .skip(*offset)
+        .take(query.limit)
+        .cloned()
+        .collect();
+    let end = offset + page.len();
+    HistoryPage {
+        messages: Vec::new(),
+        presence: page,
+        next: (end < matching.len()).then(|| Position::new(0, end as u64)),
     }
 }
 

@@ -8,7 +8,7 @@ use tracing::{debug, info, warn};
 use super::msg::ChannelMsg;
 use super::{NodeId, RegionState};
 use crate::channel_master::{
-    Body, ChannelMaster, Entry, HistoryQuery, Publish, Sequenced, Snapshot,
+    member_page, Body, ChannelMaster, Entry, HistoryQuery, Publish, ReadKind, Sequenced, Snapshot,
 };
 use crate::channels::public_name;
 use crate::position::Position;
@@ -300,7 +300,11 @@ impl RegionState {
                 .until
                 .map_or(slot.committed, |u| u.min(slot.committed)),
         );
-        let page = slot.core.history(&query);
+        // Members are listed as committed, like messages.
+        let page = match query.kind {
+            ReadKind::Members { .. } => member_page(&slot.members, &query),
+            _ => slot.core.history(&query),
+        };
         self.send(
             from,
             ChannelMsg::HistoryPage {
