@@ -400,7 +400,8 @@ impl ChannelMaster {
             .seen_order
             .back()
             .is_none_or(|(at, _)| now_ms.saturating_sub(*at) > window);
-        quiet && forgotten
+        // Members are kept until they leave, which is an entry of its own.
+        quiet && forgotten && self.members.is_empty()
     }
 
     /// Nothing left to keep: no history, no remembered ids and no members.
@@ -493,12 +494,16 @@ impl ChannelMaster {
                 .id
                 .get_or_insert_with(|| format!("{}:{index}", publish.id_base))
                 .clone();
-            if let Some(first) = self.seen.get(id.as_str()) {
-                sequenced.serials.push(first.clone());
-                continue;
-            }
+            // Not deduplicated by id like messages: a client re-enters with the id its
+            // member was given (after a re-attach, or after its member left, which
+            // must enter it again). The member's state makes repeats harmless: a
+            // member present with the same id is left as it is.
             let (conn, client) = presence::member_key(&message);
             let present = self.members.get(&conn, &client);
+            if present.is_some_and(|m| m.message.id.as_deref() == Some(id.as_str())) {
+                sequenced.serials.push(None);
+                continue;
+            }
             message.action = match (message.action, present) {
                 (presence::action::LEAVE, None) => {
                     sequenced.serials.push(None);

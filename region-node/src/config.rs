@@ -574,6 +574,7 @@ fn validate_limits(limits: &LimitsConfig) -> Result<(), ConfigError> {
             limits.max_channels_per_connection,
         ),
         ("max_connections", limits.max_connections),
+        ("max_presence_members", limits.max_presence_members),
     ]
     .into_iter()
     .find(|(_, value)| *value == 0);

@@ -83,9 +83,11 @@ impl Connection {
         }
     }
 
-    /// The client's `remainPresentFor` transport parameter.
+    /// The client's `remainPresentFor` transport parameter, at most the connection
+    /// state TTL: past that the connection cannot resume, so its members could never
+    /// be claimed again.
     pub fn set_presence_grace_ms(&mut self, grace_ms: u64) {
-        self.presence_grace_ms = grace_ms;
+        self.presence_grace_ms = grace_ms.min(self.node.config.connection.state_ttl_ms);
     }
 
     /// When this connection's members leave, now that its transport ended.
@@ -421,6 +423,11 @@ impl Connection {
         msg_serial: i64,
     ) -> Result<oneshot::Receiver<Outcome>, AblyError> {
         self.may(name, "presence", flags::PRESENCE)?;
+        // A member lives as long as its connection's attachment: without one it would
+        // outlive every CLOSE and DETACH.
+        if !self.attached.contains_key(name) {
+            return Err(AblyError::PresenceNotAttached(name.to_owned()));
+        }
         // A wildcard token that chose no clientId may act as any (enterClient).
         let wildcard =
             (self.identity.token.as_ref()).is_some_and(|t| t.client_id.as_deref() == Some("*"));

@@ -78,6 +78,8 @@ pub enum AblyError {
     Unsupported(&'static str),
     #[error("presence requires a clientId: the connection has none, or the event names none")]
     PresenceWithoutClientId,
+    #[error("presence on channel {0:?} needs it attached first")]
+    PresenceNotAttached(String),
     #[error("a channel may hold at most {limit} presence members")]
     TooManyMembers { limit: usize },
     #[error("invalid connection key; a new connection was started")]
@@ -150,6 +152,7 @@ impl AblyError {
             Unsupported(_) => (40000, 400),
             PresenceWithoutClientId => (91000, 400),
             TooManyMembers { .. } => (91003, 400),
+            PresenceNotAttached(_) => (91001, 400),
             InvalidConnectionKey => (80018, 400),
             ConnectionExpired => (80008, 400),
             Superseded => (80003, 400),

@@ -230,7 +230,8 @@ impl Members {
                 continue;
             }
             let last = lost_ms.max(member.applied_ms);
-            let at = last.saturating_add(member.grace_ms as i64);
+            let grace = i64::try_from(member.grace_ms).unwrap_or(i64::MAX);
+            let at = last.saturating_add(grace);
             member.leave_at_ms = Some(member.leave_at_ms.map_or(at, |t| t.min(at)));
         }
     }
@@ -310,8 +311,10 @@ pub fn prepare(
             m.data = data;
             m.encoding = encoding;
             m.connection_id = Some(connection_id.to_owned());
-            // Ids and times are the master's to give.
-            m.id = None;
+            // Ids and times are the master's to give, but for an id this connection
+            // was given before: ably-js re-enters its own members with their old ids
+            // after every re-attach, and the same id makes that a no-op.
+            m.id = m.id.take().filter(|id| is_own_id(id, connection_id));
             m.timestamp = None;
 
             total += size(&m);
@@ -324,6 +327,23 @@ pub fn prepare(
             Ok(m)
         })
         .collect()
+}
+
+/// Whether `id` has the form `connectionId:msgSerial:index` for this connection.
+fn is_own_id(id: &str, connection_id: &str) -> bool {
+    let Some(rest) = id
+        .strip_prefix(connection_id)
+        .and_then(|r| r.strip_prefix(':'))
+    else {
+        return false;
+    };
+    let mut parts = rest.split(':');
+    let numbers = parts
+        .by_ref()
+        .take(2)
+        .filter(|p| p.parse::<u64>().is_ok())
+        .count();
+    numbers == 2 && parts.next().is_none()
 }
 
 /// The clientId a presence event is for.

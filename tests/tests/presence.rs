@@ -1,7 +1,7 @@
 //! Presence as the wire sees it, for what ably-js checks on its own side before the
-//! server could answer: no clientId (91000), a member limit (91003), actions a client
-//! may not send, the SYNC that follows ATTACHED with HAS_PRESENCE, and a client's SYNC
-//! request. The ably-js suites (`tests/js/test/presence.test.mjs`,
+//! server could answer: no clientId (91000), no attachment (91001), a member limit
+//! (91003), actions a client may not send, an absurd `remainPresentFor`, the SYNC that
+//! follows ATTACHED with HAS_PRESENCE, and a client's SYNC request. The ably-js suites (`tests/js/test/presence.test.mjs`,
 //! `cluster-presence.test.mjs`) cover the rest with the real client.
 
 use anyhow::{ensure, Context, Result};
@@ -51,6 +51,9 @@ async fn presence_needs_a_client_id_and_a_known_action() -> Result<()> {
     )
     .await?;
     ensure_nack(&answer, 40012)?;
+
+    let answer = presence(&mut alice, "unattached", json!([{"action": 2}])).await?;
+    ensure_nack(&answer, 91001)?;
 
     let answer = presence(&mut alice, "room", json!([{"action": 2, "data": "hi"}])).await?;
     ensure!(is_action(&answer, action::ACK), "{answer}");
@@ -147,5 +150,37 @@ fn check_sync(sync: &Value) -> Result<()> {
         !connection.is_empty() && id.starts_with(&format!("{connection}:")),
         "{sync}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_absurd_remain_present_for_hurts_no_one() -> Result<()> {
+    let node = Node::start().await?;
+    let query = "clientId=forever&remainPresentFor=9223372036854775807";
+    let mut member = Client::connect(&node, query, Format::Json).await?;
+    member.attach("lasting").await?;
+    let answer = presence(&mut member, "lasting", json!([{"action": 2}])).await?;
+    ensure!(is_action(&answer, action::ACK), "{answer}");
+    drop(member);
+
+    // The grace is capped at the connection state TTL: the member stays for now, and
+    // the node keeps serving through the ticks that handle its lost connection.
+    let mut other = Client::connect(&node, "", Format::Msgpack).await?;
+    for round in 0..12 {
+        other
+            .publish_acked("lasting", json!([{"name": format!("still {round}")}]))
+            .await
+            .with_context(|| format!("round {round}: the node still serves"))?;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let attached = other.attach("lasting").await?;
+    ensure!(
+        attached["flags"].as_i64().unwrap_or(0) & HAS_PRESENCE != 0,
+        "{attached}"
+    );
+    let sync = other
+        .recv_until(|f| is_action(f, action::SYNC), WAIT)
+        .await?;
+    ensure!(sync["presence"][0]["clientId"] == "forever", "{sync}");
     Ok(())
 }

@@ -265,6 +265,9 @@ impl RegionState {
                 upto,
             } => self.on_replicated(from, &channel, epoch, upto),
             ChannelMsg::Fenced { channel, epoch } => self.on_fenced(&channel, epoch),
+            ChannelMsg::PresenceMeta { channel, epoch, op } => {
+                self.on_presence_meta(&from, &channel, epoch, op)
+            }
             ChannelMsg::StateRequest { channel } => self.on_state_request(from, &channel),
             ChannelMsg::HandoffRequest {
                 channel,

@@ -76,6 +76,13 @@ pub enum ChannelMsg {
         entries: Vec<Entry>,
         snapshot: Option<Snapshot>,
     },
+    /// Master → copy holder: who holds presence members changed, or when they leave
+    /// (a `Gone`, `Here` or `Alive` report the master took), so a successor knows.
+    PresenceMeta {
+        channel: String,
+        epoch: u64,
+        op: crate::presence::PresenceOp,
+    },
     /// Copy holder → master: I hold everything up to `upto`.
     Replicated {
         channel: String,

@@ -101,6 +101,9 @@ impl RegionState {
         let now = self.now_ms;
         let max = self.presence.max_members;
         let op = publish.presence.take().expect("checked by caller");
+        if !matches!(op, PresenceOp::Events { .. }) {
+            self.copy_presence_meta(channel, &op);
+        }
         let slot = self.masters.get_mut(channel).expect("checked by caller");
         let answer = match op {
             PresenceOp::Events {
@@ -151,6 +154,63 @@ impl RegionState {
             },
         );
         self.leave_due(channel);
+    }
+
+    /// Sends a report that changed who holds members, or when they leave, to the
+    /// channel's copy holders, which apply it as the master did.
+    fn copy_presence_meta(&mut self, channel: &str, op: &PresenceOp) {
+        let Some(slot) = self.masters.get(channel) else {
+            return;
+        };
+        let epoch = slot.core.epoch();
+        for copy in slot.copies.clone() {
+            let msg = super::msg::ChannelMsg::PresenceMeta {
+                channel: channel.to_owned(),
+                epoch,
+                op: op.clone(),
+            };
+            self.send(copy, msg);
+        }
+    }
+
+    /// A copy holder applies its master's presence report to its copy, so that a
+    /// successor built from it has the leave times and holders the master had.
+    pub(super) fn on_presence_meta(
+        &mut self,
+        from: &str,
+        channel: &str,
+        epoch: u64,
+        op: PresenceOp,
+    ) {
+        if self.ring.owner(channel) != Some(from) {
+            return;
+        }
+        let Some(replica) = self.replicas.get_mut(channel) else {
+            return;
+        };
+        if replica.epoch > epoch {
+            return;
+        }
+        let members = replica.core.members_mut();
+        match op {
+            PresenceOp::Gone {
+                holder,
+                connection_id,
+                lost_ms,
+                leave_at_ms,
+            } => members.gone(&holder, &connection_id, lost_ms, leave_at_ms),
+            PresenceOp::Here {
+                holder,
+                connection_id,
+                at_ms,
+            } => members.here(&holder, &connection_id, at_ms),
+            PresenceOp::Alive {
+                region,
+                nodes,
+                lost_ms,
+            } => members.alive(&region, &nodes, lost_ms),
+            PresenceOp::Events { .. } => {}
+        }
     }
 
     /// Members held by nodes of this region that are not alive any more leave once
@@ -227,7 +287,8 @@ impl RegionState {
         let mut idle = Vec::new();
         for (channel, slot) in &mut self.clients {
             let before = slot.gone.len();
-            slot.gone.retain(|g| g.leave_at_ms + GONE_KEPT_MS > now);
+            slot.gone
+                .retain(|g| g.leave_at_ms.saturating_add(GONE_KEPT_MS) > now);
             if slot.gone.len() < before {
                 idle.push(channel.clone());
             }
@@ -255,7 +316,7 @@ impl RegionState {
                 grace_ms,
             } => (
                 last_contact_ms,
-                last_contact_ms.saturating_add(grace_ms as i64),
+                last_contact_ms.saturating_add(i64::try_from(grace_ms).unwrap_or(i64::MAX)),
             ),
         };
         let gone = GoneConn {

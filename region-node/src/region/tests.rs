@@ -743,6 +743,9 @@ fn describe(msg: &ChannelMsg) -> String {
             upto,
         } => format!("Replicated {channel} epoch {epoch} upto {}", short(upto)),
         ChannelMsg::Fenced { channel, epoch } => format!("Fenced {channel} epoch {epoch}"),
+        ChannelMsg::PresenceMeta { channel, epoch, op } => {
+            format!("PresenceMeta {channel} epoch {epoch} {op:?}")
+        }
         ChannelMsg::StateRequest { channel } => format!("StateRequest {channel}"),
         ChannelMsg::StateReply {
             channel,

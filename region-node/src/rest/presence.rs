@@ -67,7 +67,9 @@ async fn try_members(
         identity,
         params,
     } = request.open()?;
-    require(&identity, &name, "presence")?;
+    // Reading the set is subscribing's privilege, as in realtime (presence_subscribe
+    // is granted by `subscribe`); `presence` is for entering.
+    require(&identity, &name, "subscribe")?;
     let page = MemberPage::parse(&params)?;
 
     let read = node
@@ -152,7 +154,7 @@ async fn batch_one(
     format: Format,
 ) -> Result<Vec<PresenceMessage>, AblyError> {
     validate_name(name)?;
-    require(identity, name, "presence")?;
+    require(identity, name, "subscribe")?;
     let query = HistoryQuery {
         limit: usize::MAX,
         kind: ReadKind::Members {

@@ -197,3 +197,61 @@ fn a_connection_that_resumes_elsewhere_keeps_its_members_and_one_that_does_not_l
     sim.settle();
     assert_eq!(watcher.left(), ["erin", "alice"]);
 }
+
+#[test]
+fn a_successor_keeps_the_leave_time_of_a_remote_connection_lost_before_the_failover() {
+    let nodes = ["a", "b", "c"];
+    let ch = channel_owned_by(&nodes, &["b", "c"]);
+    let mut sim = Sim::region(&nodes);
+    let mut watcher = sim.attach_present("c", &ch, "watch", super::super::Start::Live);
+    sim.settle();
+
+    // Reports from another region arrive through a bridge, here at a: the node that
+    // holds frank's connection is there, and no ChannelClient of this region will
+    // tell a new master about him again.
+    let remote = Holder {
+        region: "elsewhere".into(),
+        node: "x-1".into(),
+    };
+    let report =
+        |op: PresenceOp, base: &str| Publish::presence(op, base.into(), Some("frank-conn".into()));
+    let enter = PresenceOp::Events {
+        holder: remote.clone(),
+        grace_ms: GRACE_MS,
+        messages: vec![PresenceMessage {
+            action: presence_action::ENTER,
+            client_id: Some("frank".into()),
+            connection_id: Some("frank-conn".into()),
+            ..PresenceMessage::default()
+        }],
+    };
+    let (reply, _) = oneshot::channel();
+    sim.state("a")
+        .publish(&ch, report(enter, "frank-conn:0"), reply);
+    sim.flush("a");
+    sim.settle();
+
+    sim.phase("frank's connection is lost over there; 3 s later the master b dies");
+    let lost = sim.now;
+    let gone = PresenceOp::Gone {
+        holder: remote,
+        connection_id: "frank-conn".into(),
+        lost_ms: lost,
+        leave_at_ms: lost + GRACE_MS as i64,
+    };
+    let (reply, _) = oneshot::channel();
+    sim.state("a").publish(&ch, report(gone, "gone:1"), reply);
+    sim.flush("a");
+    sim.settle();
+    sim.run_for(3_000);
+    sim.kill("b");
+
+    sim.run_for(GRACE_MS as i64 - 3_000 - 1_000);
+    assert!(watcher.left().is_empty(), "frank stays within his grace");
+    sim.run_for(2_000);
+    assert_eq!(
+        watcher.left(),
+        ["frank"],
+        "c, the successor, ends frank on time"
+    );
+}
