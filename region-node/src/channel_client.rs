@@ -24,6 +24,9 @@ pub struct Subscriber {
 #[derive(Default)]
 pub struct ChannelClient {
     subscribers: Vec<Subscriber>,
+    /// Messages delivered to local subscribers, one per message and subscriber: what
+    /// ranks the busiest channels on the dashboard.
+    delivered: u64,
 }
 
 /// Occupancy counts (the `metrics` of ChannelDetails).
@@ -78,6 +81,8 @@ impl ChannelClient {
         let msgpack = OnceLock::new();
         let origin = frame.connection_id.as_deref();
 
+        let messages = frame.messages.as_ref().map_or(1, Vec::len);
+        let mut delivered = 0;
         for sub in &self.subscribers {
             if sub.modes & flags::SUBSCRIBE == 0 {
                 continue;
@@ -90,7 +95,15 @@ impl ChannelClient {
                 Format::Msgpack => msgpack.get_or_init(|| codec::encode(frame, Format::Msgpack)),
             };
             sub.outbox.send_frame(Encoded::clone(encoded));
+            crate::observe::delivered(messages);
+            delivered += messages as u64;
         }
+        self.delivered += delivered;
+    }
+
+    /// Messages delivered to local subscribers so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
     }
 
     pub fn occupancy(&self) -> Occupancy {

@@ -42,6 +42,8 @@ pub type Outcome = Result<Vec<Option<String>>, ErrorInfo>;
 pub struct PendingAck {
     pub msg_serial: i64,
     pub outcome: oneshot::Receiver<Outcome>,
+    /// When the publish was read, for the ACK latency histogram.
+    pub received: tokio::time::Instant,
 }
 
 /// Replies of one inbound frame: frames to send now, and publishes whose ACK or NACK
@@ -314,6 +316,7 @@ impl Connection {
             Ok(outcome) => PendingAck {
                 msg_serial,
                 outcome,
+                received: tokio::time::Instant::now(),
             },
             Err(error) => refused(msg_serial, &error),
         };
@@ -345,6 +348,7 @@ impl Connection {
 
         let limits = &self.node.config.limits;
         let messages = prepare_messages(messages, self.identity.client_id.as_deref(), limits)?;
+        crate::observe::messages_in("realtime", messages.len());
         let publish = Publish {
             messages,
             id_base: format!("{}:{msg_serial}", self.id()),
@@ -387,6 +391,7 @@ fn refused(msg_serial: i64, error: &AblyError) -> PendingAck {
     PendingAck {
         msg_serial,
         outcome,
+        received: tokio::time::Instant::now(),
     }
 }
 
