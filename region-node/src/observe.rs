@@ -46,6 +46,10 @@ pub const BRIDGE_BACKLOG: &str = "starling_bridge_backlog";
 pub const BRIDGE_ACCEPTED: &str = "starling_bridge_accepted_links";
 /// Times a bridge link opened, by `region` (counter).
 pub const BRIDGE_CONNECTS: &str = "starling_bridge_connects_total";
+/// Clients answered with a limit's error, by `limit` (counter).
+pub const LIMIT_REFUSALS: &str = "starling_limit_refusals";
+/// 1 while fewer nodes are live than `mesh.replication_factor` copies (gauge).
+pub const COPIES_DEGRADED: &str = "starling_copies_degraded";
 /// 1 while the region holds its sequencing lease (gauge).
 pub const LEASE_HELD: &str = "starling_lease_held";
 /// 1 while the node sees a majority of its region (gauge).
@@ -63,7 +67,26 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(ACK_LATENCY.into()), &ACK_BUCKETS)?
         .install_recorder()?;
     describe();
+    register_counters();
     Ok(handle)
+}
+
+/// Counters start at zero in every scrape, so a rate over them is 0 rather than
+/// missing before the first event.
+fn register_counters() {
+    for transport in ["realtime", "rest"] {
+        metrics::counter!(MESSAGES_IN, "transport" => transport).absolute(0);
+    }
+    for change in ["acquired", "stepped_down"] {
+        metrics::counter!(MASTER_CHANGES, "change" => change).absolute(0);
+    }
+    for limit in ["connections", "inbound_rate", "inbound_flood", "channels"] {
+        metrics::counter!(LIMIT_REFUSALS, "limit" => limit).absolute(0);
+    }
+    for name in [MESSAGES_OUT, DELIVERIES, RING_CHANGES] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::gauge!(CONNECTIONS).increment(0.0);
 }
 
 /// HELP lines, so a scrape says what each series means.
@@ -212,6 +235,8 @@ pub const SERIES: &[&str] = &[
     BRIDGE_BACKLOG,
     BRIDGE_CONNECTS,
     BRIDGE_ACCEPTED,
+    LIMIT_REFUSALS,
+    COPIES_DEGRADED,
     LEASE_HELD,
     QUORUM,
 ];

@@ -10,11 +10,13 @@
 //!   `serde_json::Value`, whatever the wire format.
 //! - [`Witness`]: a bystander subscriber that proves a node still serves others after
 //!   some client misbehaved.
+//! - [`federation`]: `region-node dev` started, described and cleaned up.
 //! - [`global`]: a global master group of real processes, for nodes that use one.
 //! - [`rest`]: Basic auth, `Link` header parsing and MessagePack bodies for REST tests.
 //! - [`token`]: signed TokenRequests, `requestToken` and `revokeTokens`.
 
 pub mod client;
+pub mod federation;
 pub mod global;
 pub mod node;
 pub mod proxy;
