@@ -208,9 +208,14 @@ async fn ask_peers(node: &Node) -> Vec<(String, String, Result<NodeFigures, Stri
         .filter(|m| m.id != node.config.node.id)
         .map(|member| {
             let http = http.clone();
-            let url = format!("http://{}/dashboard/node", member.client);
+            // A node listening on every interface is reached at its mesh address's IP.
+            let client = match member.client.ip().is_unspecified() {
+                true => std::net::SocketAddr::new(member.mesh.ip(), member.client.port()),
+                false => member.client,
+            };
+            let url = format!("http://{client}/dashboard/node");
             let token = node.admin_token.clone();
-            let (id, client) = (member.id.clone(), member.client.to_string());
+            let (id, client) = (member.id.clone(), client.to_string());
             async move {
                 let answer = http.get(url).bearer_auth(token).send().await;
                 let figures = match answer {
