@@ -240,3 +240,20 @@ pub const SERIES: &[&str] = &[
     LEASE_HELD,
     QUORUM,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Operators read the series from `docs/operations.md`; a new one must be there.
+    #[test]
+    fn every_series_is_documented_for_operators() {
+        let doc = include_str!("../../docs/operations.md");
+        for name in SERIES {
+            assert!(
+                doc.contains(&format!("`{name}")),
+                "{name} is not in operations.md"
+            );
+        }
+    }
+}
