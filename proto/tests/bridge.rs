@@ -169,6 +169,7 @@ async fn a_bridge_link_carries_frames_both_ways() {
         channel: "rooms:1".to_owned(),
         messages: publishes.to_vec(),
         connection_id: "conn".to_owned(),
+        presence: Vec::new(),
     };
     tx.send(frame(3, Body::Forward(forward))).await.unwrap();
 

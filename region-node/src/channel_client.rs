@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 use crate::outbox::Outbox;
-use crate::protocol::{codec, flags, Encoded, Format, ProtocolMessage};
+use crate::protocol::{action, codec, flags, Encoded, Format, ProtocolMessage};
 
 /// One attached connection.
 pub struct Subscriber {
@@ -19,6 +19,9 @@ pub struct Subscriber {
     pub modes: i64,
     /// Whether the connection wants its own messages back on this channel.
     pub echo: bool,
+    /// Whether it gets the members listed (SYNC) even when it continues where it was:
+    /// a bridge's attachment, whose relay may have restarted from an earlier position.
+    pub sync_always: bool,
 }
 
 #[derive(Default)]
@@ -80,14 +83,25 @@ impl ChannelClient {
         let json = OnceLock::new();
         let msgpack = OnceLock::new();
         let origin = frame.connection_id.as_deref();
+        // Presence goes to presence subscribers, echo or not; messages to subscribers.
+        let presence = frame.action == action::PRESENCE;
+        let mode = if presence {
+            flags::PRESENCE_SUBSCRIBE
+        } else {
+            flags::SUBSCRIBE
+        };
 
-        let messages = frame.messages.as_ref().map_or(1, Vec::len);
+        // A presence frame counts its presence messages.
+        let messages = match presence {
+            true => frame.presence.as_ref().map_or(1, Vec::len),
+            false => frame.messages.as_ref().map_or(1, Vec::len),
+        };
         let mut delivered = 0;
         for sub in &self.subscribers {
-            if sub.modes & flags::SUBSCRIBE == 0 {
+            if sub.modes & mode == 0 {
                 continue;
             }
-            if !sub.echo && origin == Some(&*sub.outbox.connection_id) {
+            if !presence && !sub.echo && origin == Some(&*sub.outbox.connection_id) {
                 continue;
             }
             let encoded = match sub.outbox.format {

@@ -10,8 +10,10 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::config::HistoryConfig;
+use crate::error::AblyError;
 use crate::position::Position;
-use crate::protocol::{action, Message, ProtocolMessage};
+use crate::presence::{self, Holder, Member, Members, PresenceEntry, PresenceOp};
+use crate::protocol::{action, Message, PresenceMessage, ProtocolMessage};
 
 /// One publish as the master receives it. Messages are already validated and
 /// normalised; any without an id get `<id_base>:<index>`.
@@ -23,6 +25,35 @@ pub struct Publish {
     /// The publishing connection, for realtime publishes (stamped on messages and used
     /// by subscribers to honour `echo=false`).
     pub connection_id: Option<String>,
+    /// A presence operation instead of messages (`messages` is then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceOp>,
+}
+
+impl Publish {
+    /// A publish of messages.
+    pub fn messages(
+        messages: Vec<Message>,
+        id_base: String,
+        connection_id: Option<String>,
+    ) -> Self {
+        Self {
+            messages,
+            id_base,
+            connection_id,
+            presence: None,
+        }
+    }
+
+    /// A presence operation, which the master answers like a publish.
+    pub fn presence(op: PresenceOp, id_base: String, connection_id: Option<String>) -> Self {
+        Self {
+            messages: Vec::new(),
+            id_base,
+            connection_id,
+            presence: Some(op),
+        }
+    }
 }
 
 /// What sequencing one publish produced.
@@ -30,18 +61,123 @@ pub struct Publish {
 pub struct Sequenced {
     /// A serial per published message, in order; a duplicate gets its first serial.
     pub serials: Vec<Option<String>>,
-    /// The MESSAGE frame for subscribers, holding only messages not seen before;
-    /// `None` when every message was a duplicate.
-    pub frame: Option<ProtocolMessage>,
+    /// The frames for subscribers, in order: one MESSAGE frame holding the messages
+    /// not seen before, or one PRESENCE frame per presence event (each names its own
+    /// position); empty when nothing new was sequenced.
+    pub frames: Vec<(Position, ProtocolMessage)>,
     /// The newly stored messages with their positions, for the master's copies.
     pub entries: Vec<Entry>,
 }
 
-/// A sequenced message and its position, as history holds it and copies receive it.
+/// A sequenced message or presence event and its position, as history holds it and
+/// copies receive it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub position: Position,
-    pub message: Message,
+    pub body: Body,
+}
+
+/// What a channel position holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    Message(Message),
+    Presence(PresenceEntry),
+}
+
+impl Body {
+    pub fn timestamp(&self) -> Option<i64> {
+        match self {
+            Body::Message(m) => m.timestamp,
+            Body::Presence(p) => p.message.timestamp,
+        }
+    }
+
+    pub fn connection_id(&self) -> Option<&str> {
+        match self {
+            Body::Message(m) => m.connection_id.as_deref(),
+            Body::Presence(p) => p.message.connection_id.as_deref(),
+        }
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Body::Message(m) => m.id.as_deref(),
+            Body::Presence(p) => p.message.id.as_deref(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Body::Message(m) => m.size(),
+            Body::Presence(p) => presence::size(&p.message),
+        }
+    }
+
+    pub fn as_message(&self) -> Option<&Message> {
+        match self {
+            Body::Message(m) => Some(m),
+            Body::Presence(_) => None,
+        }
+    }
+}
+
+impl Entry {
+    /// The entry as the frame a subscriber gets for it on its own: MESSAGE or PRESENCE.
+    pub fn frame(self, channel: &str) -> ProtocolMessage {
+        let serial = Some(self.position.to_string());
+        match self.body {
+            Body::Message(message) => ProtocolMessage {
+                channel_serial: serial,
+                connection_id: message.connection_id.clone(),
+                timestamp: message.timestamp,
+                messages: Some(vec![message]),
+                ..ProtocolMessage::for_channel(action::MESSAGE, channel)
+            },
+            Body::Presence(entry) => presence_frame(channel, serial, entry.message),
+        }
+    }
+}
+
+/// The frames local connections get for entries sequenced together: consecutive
+/// messages share one MESSAGE frame, each presence event has its own PRESENCE frame.
+pub fn frames_of(channel: &str, entries: &[Entry]) -> Vec<(Position, ProtocolMessage)> {
+    let mut frames: Vec<(Position, ProtocolMessage)> = Vec::new();
+    for entry in entries {
+        let serial = Some(entry.position.to_string());
+        match &entry.body {
+            Body::Message(message) => {
+                if let Some((last, frame)) = frames.last_mut() {
+                    if let Some(messages) = frame.messages.as_mut() {
+                        messages.push(message.clone());
+                        frame.channel_serial = serial;
+                        *last = entry.position;
+                        continue;
+                    }
+                }
+                frames.push((entry.position, entry.clone().frame(channel)));
+            }
+            Body::Presence(event) => {
+                let frame = presence_frame(channel, serial, event.message.clone());
+                frames.push((entry.position, frame));
+            }
+        }
+    }
+    frames
+}
+
+/// A PRESENCE frame holding one event.
+pub fn presence_frame(
+    channel: &str,
+    serial: Option<String>,
+    message: PresenceMessage,
+) -> ProtocolMessage {
+    ProtocolMessage {
+        channel_serial: serial,
+        connection_id: message.connection_id.clone(),
+        timestamp: message.timestamp,
+        presence: Some(vec![message]),
+        ..ProtocolMessage::for_channel(action::PRESENCE, channel)
+    }
 }
 
 /// Everything a master knows, for a copy or a successor.
@@ -53,6 +189,9 @@ pub struct Snapshot {
     pub entries: Vec<Entry>,
     /// Remembered message ids: (id, serial it got, when it was sequenced).
     pub seen: Vec<(String, Option<String>, i64)>,
+    /// The members, with who holds them.
+    #[serde(default)]
+    pub members: Vec<Member>,
 }
 
 /// A history read: bounds in ms (inclusive), a page size, a direction, and a cursor
@@ -66,18 +205,39 @@ pub struct HistoryQuery {
     pub cursor: Option<Position>,
     /// Only messages at or before this position (`untilAttach`).
     pub until: Option<Position>,
+    /// What is read: messages (the default), presence events, or the members.
+    #[serde(default)]
+    pub kind: ReadKind,
+}
+
+/// What a history read reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum ReadKind {
+    #[default]
+    Messages,
+    PresenceHistory,
+    /// The current members, optionally of one clientId or connectionId; paged by
+    /// offset (`cursor` is unused).
+    Members {
+        client_id: Option<String>,
+        connection_id: Option<String>,
+        offset: usize,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub messages: Vec<Message>,
+    /// For presence reads: the events or members.
+    #[serde(default)]
+    pub presence: Vec<PresenceMessage>,
     /// Where the next page starts (exclusive), when there is one.
     pub next: Option<Position>,
 }
 
 struct Stored {
     position: Position,
-    message: Message,
+    body: Body,
     bytes: usize,
 }
 
@@ -90,6 +250,8 @@ pub struct ChannelMaster {
     pruned: Position,
     seen: HashMap<String, Option<String>>,
     seen_order: VecDeque<(i64, String)>,
+    /// The members after every entry held (committed or not).
+    members: Members,
     limits: HistoryConfig,
 }
 
@@ -104,6 +266,7 @@ impl ChannelMaster {
             pruned: Position::default(),
             seen: HashMap::new(),
             seen_order: VecDeque::new(),
+            members: Members::default(),
             limits,
         }
     }
@@ -141,8 +304,9 @@ impl ChannelMaster {
             self.remember(id, serial, at);
         }
         for entry in snapshot.entries {
-            self.store(entry.position, entry.message);
+            self.store(entry.position, entry.body);
         }
+        self.members.restore(snapshot.members);
         self.last = snapshot.last;
         self.pruned = snapshot.pruned;
     }
@@ -155,10 +319,20 @@ impl ChannelMaster {
                 continue;
             }
             self.last = entry.position;
-            if let Some(id) = entry.message.id.clone() {
-                self.remember(id, entry.message.serial.clone(), now_ms);
+            match &entry.body {
+                Body::Message(message) => {
+                    if let Some(id) = message.id.clone() {
+                        self.remember(id, message.serial.clone(), now_ms);
+                    }
+                }
+                Body::Presence(event) => {
+                    if let Some(id) = event.message.id.clone() {
+                        self.remember(id, Some(entry.position.to_string()), now_ms);
+                    }
+                    self.members.apply(event, now_ms);
+                }
             }
-            self.store(entry.position, entry.message);
+            self.store(entry.position, entry.body);
         }
         self.expire(now_ms);
     }
@@ -172,9 +346,10 @@ impl ChannelMaster {
                 .iter()
                 .map(|s| Entry {
                     position: s.position,
-                    message: s.message.clone(),
+                    body: s.body.clone(),
                 })
                 .collect(),
+            members: self.members.snapshot(),
             seen: self
                 .seen_order
                 .iter()
@@ -190,7 +365,7 @@ impl ChannelMaster {
         (self.history.iter())
             .map(|s| Entry {
                 position: s.position,
-                message: s.message.clone(),
+                body: s.body.clone(),
             })
             .collect()
     }
@@ -205,7 +380,7 @@ impl ChannelMaster {
                 .filter(|s| s.position > position)
                 .map(|s| Entry {
                     position: s.position,
-                    message: s.message.clone(),
+                    body: s.body.clone(),
                 })
                 .collect(),
         )
@@ -220,7 +395,7 @@ impl ChannelMaster {
         let quiet = self
             .history
             .back()
-            .is_none_or(|s| now_ms.saturating_sub(s.message.timestamp.unwrap_or(0)) > max_age);
+            .is_none_or(|s| now_ms.saturating_sub(s.body.timestamp().unwrap_or(0)) > max_age);
         let forgotten = self
             .seen_order
             .back()
@@ -228,9 +403,18 @@ impl ChannelMaster {
         quiet && forgotten
     }
 
-    /// Nothing left to keep: no history and no remembered ids.
+    /// Nothing left to keep: no history, no remembered ids and no members.
     pub fn is_empty(&self) -> bool {
-        self.history.is_empty() && self.seen_order.is_empty()
+        self.history.is_empty() && self.seen_order.is_empty() && self.members.is_empty()
+    }
+
+    /// The members after every entry held, committed or not.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    pub fn members_mut(&mut self) -> &mut Members {
+        &mut self.members
     }
 
     pub fn sequence(&mut self, publish: Publish, now_ms: i64) -> Sequenced {
@@ -256,10 +440,10 @@ impl ChannelMaster {
                 publish.connection_id.as_deref(),
                 now_ms,
             );
-            self.store(self.last, message.clone());
+            self.store(self.last, Body::Message(message.clone()));
             entries.push(Entry {
                 position: self.last,
-                message: message.clone(),
+                body: Body::Message(message.clone()),
             });
 
             serials.push(Some(serial));
@@ -267,13 +451,119 @@ impl ChannelMaster {
         }
 
         self.expire(now_ms);
-        let frame = (!fresh.is_empty())
-            .then(|| self.frame(fresh, &publish.id_base, publish.connection_id, now_ms));
+        let frames = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            let frame = self.frame(fresh, &publish.id_base, publish.connection_id, now_ms);
+            vec![(self.last, frame)]
+        };
         Sequenced {
             serials,
-            frame,
+            frames,
             entries,
         }
+    }
+
+    /// Sequences a connection's presence events: each gets the next position and an id
+    /// `connectionId:msgSerial:index`, ENTER for a member already present becomes
+    /// UPDATE, and a LEAVE of no member changes nothing and is not broadcast.
+    pub fn sequence_presence(
+        &mut self,
+        publish: &Publish,
+        holder: &Holder,
+        grace_ms: u64,
+        events: Vec<PresenceMessage>,
+        max_members: usize,
+        now_ms: i64,
+    ) -> Result<Sequenced, AblyError> {
+        let entering = (events.iter())
+            .filter(|m| m.action != presence::action::LEAVE)
+            .filter(|m| {
+                let (conn, client) = presence::member_key(m);
+                !self.members.contains(&conn, &client)
+            })
+            .count();
+        if entering > 0 && self.members.len() + entering > max_members {
+            return Err(AblyError::TooManyMembers { limit: max_members });
+        }
+
+        let mut sequenced = Sequenced::default();
+        for (index, mut message) in events.into_iter().enumerate() {
+            let id = message
+                .id
+                .get_or_insert_with(|| format!("{}:{index}", publish.id_base))
+                .clone();
+            if let Some(first) = self.seen.get(id.as_str()) {
+                sequenced.serials.push(first.clone());
+                continue;
+            }
+            let (conn, client) = presence::member_key(&message);
+            let present = self.members.get(&conn, &client);
+            message.action = match (message.action, present) {
+                (presence::action::LEAVE, None) => {
+                    sequenced.serials.push(None);
+                    continue;
+                }
+                (presence::action::LEAVE, Some(member)) => {
+                    if message.data.is_none() {
+                        message.data = member.message.data.clone();
+                        message.encoding = member.message.encoding.clone();
+                    }
+                    presence::action::LEAVE
+                }
+                (_, Some(_)) => presence::action::UPDATE,
+                (_, None) => presence::action::ENTER,
+            };
+            message.timestamp = Some(now_ms);
+            let entry = PresenceEntry {
+                message,
+                holder: Some(holder.clone()),
+                grace_ms,
+            };
+            let position = self.append_presence(entry, Some(id), now_ms, &mut sequenced);
+            sequenced.serials.push(Some(position.to_string()));
+        }
+        self.expire(now_ms);
+        Ok(sequenced)
+    }
+
+    /// Sequences the LEAVE events of members whose connections are gone.
+    pub fn sequence_leaves(&mut self, leaves: Vec<PresenceMessage>, now_ms: i64) -> Sequenced {
+        let mut sequenced = Sequenced::default();
+        for message in leaves {
+            let entry = PresenceEntry {
+                message,
+                holder: None,
+                grace_ms: 0,
+            };
+            self.append_presence(entry, None, now_ms, &mut sequenced);
+        }
+        self.expire(now_ms);
+        sequenced
+    }
+
+    fn append_presence(
+        &mut self,
+        entry: PresenceEntry,
+        id: Option<String>,
+        now_ms: i64,
+        sequenced: &mut Sequenced,
+    ) -> Position {
+        self.last = self.last.next();
+        let serial = self.last.to_string();
+        if let Some(id) = id {
+            self.remember(id, Some(serial.clone()), now_ms);
+        }
+        self.members.apply(&entry, now_ms);
+        let frame = presence_frame(&self.name, Some(serial), entry.message.clone());
+        sequenced.frames.push((self.last, frame));
+        let body = Body::Presence(entry);
+        self.store(self.last, body.clone());
+        sequenced.entries.push(Entry {
+            position: self.last,
+            body,
+        });
+        self.last
     }
 
     /// Drops history and remembered ids that fell out of their windows.
@@ -281,7 +571,7 @@ impl ChannelMaster {
         let max_age = self.limits.max_age_ms as i64;
         while let Some(oldest) = self.history.front() {
             let len = self.history.len();
-            let too_old = now_ms.saturating_sub(oldest.message.timestamp.unwrap_or(now_ms))
+            let too_old = now_ms.saturating_sub(oldest.body.timestamp().unwrap_or(now_ms))
                 > max_age
                 && len > self.limits.min_messages;
             let too_many = len > self.limits.max_messages;
@@ -307,9 +597,14 @@ impl ChannelMaster {
     }
 
     pub fn history(&self, query: &HistoryQuery) -> HistoryPage {
+        if let ReadKind::Members { .. } = query.kind {
+            return self.member_page(query);
+        }
+        let presence = query.kind == ReadKind::PresenceHistory;
         let in_range = |s: &&Stored| {
-            let ts = s.message.timestamp.unwrap_or(0);
-            query.start.is_none_or(|start| ts >= start)
+            let ts = s.body.timestamp().unwrap_or(0);
+            matches!(s.body, Body::Presence(_)) == presence
+                && query.start.is_none_or(|start| ts >= start)
                 && query.end.is_none_or(|end| ts <= end)
                 && query.until.is_none_or(|until| s.position <= until)
                 && query.cursor.is_none_or(|c| {
@@ -321,15 +616,19 @@ impl ChannelMaster {
                 })
         };
 
-        let mut messages = Vec::with_capacity(query.limit.min(self.history.len()));
+        let mut messages = Vec::new();
+        let mut events = Vec::new();
         let mut last = None;
         let mut more = false;
         let mut take = |s: &Stored| {
-            if messages.len() == query.limit {
+            if messages.len() + events.len() == query.limit {
                 more = true;
                 return false;
             }
-            messages.push(s.message.clone());
+            match &s.body {
+                Body::Message(m) => messages.push(m.clone()),
+                Body::Presence(p) => events.push(p.message.clone()),
+            }
             last = Some(s.position);
             true
         };
@@ -350,7 +649,37 @@ impl ChannelMaster {
 
         HistoryPage {
             messages,
+            presence: events,
             next: if more { last } else { None },
+        }
+    }
+
+    /// A page of the current members. The next page's cursor is an offset, carried in
+    /// the position's sequence number.
+    fn member_page(&self, query: &HistoryQuery) -> HistoryPage {
+        let ReadKind::Members {
+            client_id,
+            connection_id,
+            offset,
+        } = &query.kind
+        else {
+            return HistoryPage::default();
+        };
+        let matching: Vec<PresenceMessage> = (self.members.present().into_iter())
+            .filter(|m| client_id.is_none() || m.client_id == *client_id)
+            .filter(|m| connection_id.is_none() || m.connection_id == *connection_id)
+            .collect();
+        let page: Vec<PresenceMessage> = matching
+            .iter()
+            .skip(*offset)
+            .take(query.limit)
+            .cloned()
+            .collect();
+        let end = offset + page.len();
+        HistoryPage {
+            messages: Vec::new(),
+            presence: page,
+            next: (end < matching.len()).then(|| Position::new(0, end as u64)),
         }
     }
 
@@ -359,12 +688,12 @@ impl ChannelMaster {
         self.seen.insert(id, serial);
     }
 
-    fn store(&mut self, position: Position, message: Message) {
-        let bytes = message.size();
+    fn store(&mut self, position: Position, body: Body) {
+        let bytes = body.size();
         self.history_bytes += bytes;
         self.history.push_back(Stored {
             position,
-            message,
+            body,
             bytes,
         });
     }
@@ -418,11 +747,11 @@ mod tests {
     }
 
     fn publish(names: &[&str], base: &str) -> Publish {
-        Publish {
-            messages: names.iter().map(|n| named(n)).collect(),
-            id_base: base.into(),
-            connection_id: Some("conn".into()),
-        }
+        Publish::messages(
+            names.iter().map(|n| named(n)).collect(),
+            base.into(),
+            Some("conn".into()),
+        )
     }
 
     #[test]
@@ -439,7 +768,7 @@ mod tests {
             .collect();
         assert!(serials.windows(2).all(|w| w[0] < w[1]), "{serials:?}");
 
-        let frame = first.frame.unwrap();
+        let frame = first.frames[0].1.clone();
         assert_eq!(frame.id.as_deref(), Some("conn:0"));
         assert_eq!(frame.channel_serial.as_deref(), Some(serials[1].as_str()));
         let ids: Vec<_> = frame
@@ -458,7 +787,7 @@ mod tests {
         let again = master.sequence(publish(&["a"], "conn:0"), 11);
 
         assert_eq!(again.serials, first.serials);
-        assert!(again.frame.is_none());
+        assert!(again.frames.is_empty());
         assert_eq!(
             master
                 .history(&HistoryQuery {
@@ -486,7 +815,7 @@ mod tests {
             resent.serials, first.serials,
             "a resend after failover is applied once"
         );
-        assert!(resent.frame.is_none());
+        assert!(resent.frames.is_empty());
 
         let next = new.sequence(publish(&["c"], "conn:1"), 12);
         let serial = next.serials[0].clone().unwrap();
@@ -496,7 +825,7 @@ mod tests {
         let missed = new.since(first.entries[0].position).unwrap();
         let names: Vec<_> = missed
             .iter()
-            .map(|e| e.message.name.clone().unwrap())
+            .map(|e| e.body.as_message().unwrap().name.clone().unwrap())
             .collect();
         assert_eq!(names, ["b", "c"]);
     }

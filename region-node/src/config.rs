@@ -171,6 +171,9 @@ pub struct ConnectionConfig {
     pub max_idle_interval_ms: u64,
     /// How long a dropped connection's state is kept for a resume (`connectionStateTtl`).
     pub state_ttl_ms: u64,
+    /// How long a connection lost without CLOSE keeps its presence members, counted
+    /// from its last frame; a client may ask for another with `remainPresentFor`.
+    pub presence_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,6 +198,8 @@ pub struct LimitsConfig {
     pub max_channels_per_connection: usize,
     /// WebSocket connections this node serves at once; REST is not counted.
     pub max_connections: usize,
+    /// Presence members one channel may hold (91003 beyond).
+    pub max_presence_members: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,6 +306,7 @@ impl Default for ConnectionConfig {
         Self {
             max_idle_interval_ms: 15_000,
             state_ttl_ms: 120_000,
+            presence_grace_ms: 15_000,
         }
     }
 }
@@ -316,6 +322,7 @@ impl Default for LimitsConfig {
             max_inbound_burst: 50,
             max_channels_per_connection: 200,
             max_connections: 10_000,
+            max_presence_members: 20_000,
         }
     }
 }

@@ -18,8 +18,9 @@ use crate::error::AblyError;
 use crate::inbound_rate::{InboundGuard, Verdict};
 use crate::node::Node;
 use crate::outbox::Outbox;
+use crate::presence::{Holder, PresenceOp};
 use crate::protocol::{action, data, flags, ErrorInfo, Message, ProtocolMessage, PublishResult};
-use crate::region::Start;
+use crate::region::{Leave, Start};
 use crate::rewind::Rewind;
 
 struct Attachment {
@@ -62,18 +63,41 @@ pub struct Connection {
     attached: HashMap<String, Attachment>,
     /// How fast this client may send; see `inbound_rate`.
     inbound: InboundGuard,
+    /// How long this connection's presence members outlive an abrupt loss.
+    presence_grace_ms: u64,
+    /// Whether the client ended the connection itself (CLOSE): its members leave at
+    /// once rather than after the grace.
+    closed_by_client: bool,
 }
 
 impl Connection {
     pub fn new(node: Arc<Node>, identity: Identity, outbox: Arc<Outbox>, echo: bool) -> Self {
         let inbound = InboundGuard::new(&node.config.limits, Instant::now());
         Self {
-            node,
             identity,
             outbox,
             echo,
             attached: HashMap::new(),
             inbound,
+            presence_grace_ms: node.config.connection.presence_grace_ms,
+            closed_by_client: false,
+            node,
+        }
+    }
+
+    /// The client's `remainPresentFor` transport parameter.
+    pub fn set_presence_grace_ms(&mut self, grace_ms: u64) {
+        self.presence_grace_ms = grace_ms;
+    }
+
+    /// When this connection's members leave, now that its transport ended.
+    pub fn leave_after(&self, last_contact_ms: i64) -> Leave {
+        if self.closed_by_client {
+            return Leave::Now;
+        }
+        Leave::After {
+            last_contact_ms,
+            grace_ms: self.presence_grace_ms,
         }
     }
 
@@ -147,6 +171,7 @@ impl Connection {
                 ..ProtocolMessage::new(action::HEARTBEAT)
             }),
             action::CLOSE => {
+                self.closed_by_client = true;
                 replies.now.push(ProtocolMessage::new(action::CLOSED));
                 return Next::Close;
             }
@@ -154,7 +179,9 @@ impl Connection {
             action::ATTACH => self.attach(pm, replies),
             action::DETACH => replies.now.push(self.detach(pm)),
             action::MESSAGE => return self.publish(pm, replies),
-            action::PRESENCE | action::ANNOTATION | action::OBJECT => match pm.msg_serial {
+            action::PRESENCE => return self.presence(pm, replies),
+            action::SYNC => self.sync_request(pm, replies),
+            action::ANNOTATION | action::OBJECT => match pm.msg_serial {
                 Some(serial) => replies
                     .acks
                     .push_back(refused(serial, &AblyError::Unsupported("this operation"))),
@@ -222,7 +249,9 @@ impl Connection {
             .collect();
         for name in lost {
             self.attached.remove(&name);
-            self.node.region.detach(&self.key(&name), self.id());
+            self.node
+                .region
+                .detach(&self.key(&name), self.id(), Leave::Now);
             let error = AblyError::CapabilityDenied {
                 op: "attach",
                 channel: name.clone(),
@@ -232,9 +261,10 @@ impl Connection {
     }
 
     /// Leaves every channel; called once when the connection ends, however it ends.
-    pub fn detach_all(&mut self) {
+    /// Its presence members leave as `leave` says.
+    pub fn detach_all(&mut self, leave: Leave) {
         for name in self.attached.keys() {
-            self.node.region.detach(&self.key(name), self.id());
+            self.node.region.detach(&self.key(name), self.id(), leave);
         }
         self.attached.clear();
     }
@@ -276,6 +306,7 @@ impl Connection {
             outbox: self.outbox.clone(),
             modes,
             echo,
+            sync_always: false,
         };
         self.node
             .region
@@ -298,7 +329,9 @@ impl Connection {
     fn detach(&mut self, pm: ProtocolMessage) -> ProtocolMessage {
         let name = pm.channel.unwrap_or_default();
         if self.attached.remove(&name).is_some() {
-            self.node.region.detach(&self.key(&name), self.id());
+            self.node
+                .region
+                .detach(&self.key(&name), self.id(), Leave::Now);
         }
         ProtocolMessage::for_channel(action::DETACHED, &name)
     }
@@ -349,12 +382,104 @@ impl Connection {
         let limits = &self.node.config.limits;
         let messages = prepare_messages(messages, self.identity.client_id.as_deref(), limits)?;
         crate::observe::messages_in("realtime", messages.len());
-        let publish = Publish {
+        let publish = Publish::messages(
             messages,
-            id_base: format!("{}:{msg_serial}", self.id()),
-            connection_id: Some(self.id().to_owned()),
-        };
+            format!("{}:{msg_serial}", self.id()),
+            Some(self.id().to_owned()),
+        );
         Ok(self.node.region.publish(&self.key(name), publish))
+    }
+
+    /// Enter, update or leave (for this connection's clientId, or any clientId for a
+    /// wildcard one), acknowledged like a publish.
+    fn presence(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
+        let Some(msg_serial) = pm.msg_serial else {
+            replies.now.push(fatal(&AblyError::MalformedFrame(
+                "PRESENCE without msgSerial".into(),
+            )));
+            return Next::Close;
+        };
+        let channel = pm.channel.unwrap_or_default();
+        let events = pm.presence.unwrap_or_default();
+        let pending = match self.try_presence(&channel, events, msg_serial) {
+            Ok(outcome) => PendingAck {
+                msg_serial,
+                outcome,
+                received: tokio::time::Instant::now(),
+            },
+            Err(error) => refused(msg_serial, &error),
+        };
+        replies.acks.push_back(pending);
+        Next::Continue
+    }
+
+    fn try_presence(
+        &mut self,
+        name: &str,
+        events: Vec<crate::protocol::PresenceMessage>,
+        msg_serial: i64,
+    ) -> Result<oneshot::Receiver<Outcome>, AblyError> {
+        validate_name(name)?;
+        if !self.identity.capability.allows(name, "presence") {
+            return Err(AblyError::CapabilityDenied {
+                op: "presence",
+                channel: name.into(),
+            });
+        }
+        if let Some(attachment) = self.attached.get(name) {
+            if attachment.modes & flags::PRESENCE == 0 {
+                return Err(AblyError::ModeNotRequested {
+                    mode: "presence",
+                    channel: name.into(),
+                });
+            }
+        }
+        // A wildcard token that chose no clientId may act as any (enterClient).
+        let wildcard =
+            (self.identity.token.as_ref()).is_some_and(|t| t.client_id.as_deref() == Some("*"));
+        let own = match self.identity.client_id.as_deref() {
+            None if wildcard => Some("*"),
+            own => own,
+        };
+        let limits = &self.node.config.limits;
+        let messages = crate::presence::prepare(events, own, self.id(), limits)?;
+        let config = &self.node.config.node;
+        let op = PresenceOp::Events {
+            holder: Holder {
+                region: config.region.clone(),
+                node: config.id.clone(),
+            },
+            grace_ms: self.presence_grace_ms,
+            messages,
+        };
+        let publish = Publish::presence(
+            op,
+            format!("{}:{msg_serial}", self.id()),
+            Some(self.id().to_owned()),
+        );
+        Ok(self.node.region.publish(&self.key(name), publish))
+    }
+
+    /// A client asks for the members again: a full SYNC, if it is attached with
+    /// presence subscribe.
+    fn sync_request(&mut self, pm: ProtocolMessage, replies: &mut Replies) {
+        let name = pm.channel.unwrap_or_default();
+        match self.attached.get(&name) {
+            Some(a) if a.modes & flags::PRESENCE_SUBSCRIBE != 0 => {
+                self.node.region.sync(&self.key(&name), self.id());
+            }
+            Some(_) => {
+                let error = AblyError::ModeNotRequested {
+                    mode: "presence_subscribe",
+                    channel: name.clone(),
+                };
+                replies.now.push(channel_error(&name, &error));
+            }
+            None => {
+                let error = AblyError::ChannelNotAttached(name.clone());
+                replies.now.push(channel_error(&name, &error));
+            }
+        }
     }
 }
 

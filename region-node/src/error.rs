@@ -76,6 +76,10 @@ pub enum AblyError {
     NodeFull { limit: usize },
     #[error("{0} is not supported yet")]
     Unsupported(&'static str),
+    #[error("presence requires a clientId: the connection has none, or the event names none")]
+    PresenceWithoutClientId,
+    #[error("a channel may hold at most {limit} presence members")]
+    TooManyMembers { limit: usize },
     #[error("invalid connection key; a new connection was started")]
     InvalidConnectionKey,
     #[error("unable to resume the connection: its state expired")]
@@ -141,6 +145,8 @@ impl AblyError {
             // rather than failing the connection (protocol.md §6).
             NodeFull { .. } => (80003, 503),
             Unsupported(_) => (40000, 400),
+            PresenceWithoutClientId => (91000, 400),
+            TooManyMembers { .. } => (91003, 400),
             InvalidConnectionKey => (80018, 400),
             ConnectionExpired => (80008, 400),
             Superseded => (80003, 400),

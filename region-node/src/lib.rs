@@ -27,6 +27,7 @@ pub mod node;
 pub mod observe;
 pub mod outbox;
 pub mod position;
+pub mod presence;
 pub mod protocol;
 pub mod redact;
 pub mod region;

@@ -28,7 +28,7 @@ pub const MESSAGES_IN: &str = "starling_messages_in_total";
 pub const MESSAGES_OUT: &str = "starling_messages_out_total";
 /// Frames of sequenced messages queued to subscribers (counter).
 pub const DELIVERIES: &str = "starling_deliveries_total";
-/// From a realtime publish read off the socket to its ACK or NACK written (histogram).
+/// From a realtime publish read off the socket to its ACK or NACK written (histogram); presence actions count too.
 pub const ACK_LATENCY: &str = "starling_ack_latency_seconds";
 /// Live members of this node's region mesh, itself included (gauge).
 pub const MESH_LIVE_NODES: &str = "starling_mesh_live_nodes";

@@ -46,7 +46,7 @@ impl Rewind {
             Rewind::Count(n) => entries.len().saturating_sub(n),
             Rewind::Since(since) => entries
                 .iter()
-                .position(|e| e.message.timestamp.unwrap_or(0) >= since)
+                .position(|e| e.body.timestamp().unwrap_or(0) >= since)
                 .unwrap_or(entries.len()),
         };
         &entries[start..]
@@ -63,10 +63,10 @@ mod tests {
         (timestamps.iter().enumerate())
             .map(|(i, ts)| Entry {
                 position: Position::new(1, i as u64 + 1),
-                message: Message {
+                body: crate::channel_master::Body::Message(Message {
                     timestamp: Some(*ts),
                     ..Message::default()
-                },
+                }),
             })
             .collect()
     }
@@ -89,10 +89,7 @@ mod tests {
         assert_eq!(Rewind::Count(2).select(&all).len(), 2);
         assert_eq!(Rewind::Count(9).select(&all).len(), 4);
         assert_eq!(Rewind::Count(0).select(&all).len(), 0);
-        assert_eq!(
-            Rewind::Since(25).select(&all)[0].message.timestamp,
-            Some(30)
-        );
+        assert_eq!(Rewind::Since(25).select(&all)[0].body.timestamp(), Some(30));
         assert!(Rewind::Since(99).select(&all).is_empty());
     }
 }

@@ -62,6 +62,8 @@ pub async fn build_node(
         replication: config.mesh.replication_factor,
         limits: config.history.clone(),
         home_touch_ms: i64::try_from(config.global.home_touch_ms).unwrap_or(i64::MAX),
+        max_presence_members: config.limits.max_presence_members,
+        failure_timeout_ms: i64::try_from(config.mesh.failure_timeout_ms).unwrap_or(i64::MAX),
     };
     let bridges = bridge_link(&config, &control, bridge_addr)?;
     let region = Region::start(settings, control.clone(), link, bridges);

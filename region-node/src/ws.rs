@@ -41,6 +41,8 @@ pub struct ConnectParams {
     pub heartbeats: bool,
     pub resume: Option<String>,
     pub recover: Option<String>,
+    /// `remainPresentFor`: how long presence members outlive an abrupt loss.
+    pub remain_present_for_ms: Option<u64>,
 }
 
 impl ConnectParams {
@@ -61,6 +63,7 @@ impl ConnectParams {
                 "heartbeats" => params.heartbeats = value == "true",
                 "resume" => params.resume = Some(value),
                 "recover" => params.recover = Some(value),
+                "remainPresentFor" => params.remain_present_for_ms = value.parse().ok(),
                 _ => {}
             }
         }
@@ -187,31 +190,37 @@ async fn run(
     let connected = connected_frame(&node, &connection_id, &identity, lost);
     let holder = identity.token_holder();
     let mut connection = Connection::new(node.clone(), identity, outbox.clone(), params.echo);
+    if let Some(grace_ms) = params.remain_present_for_ms {
+        connection.set_presence_grace_ms(grace_ms);
+    }
 
     node.connections.insert(outbox);
     node.connections.hold_token(&connection_id, holder);
     metrics::gauge!("starling_connections").increment(1.0);
     debug!("connected");
 
+    let mut last_heard = Instant::now();
     if send(&mut socket, &connected, params.format).await.is_ok() {
-        pump(&mut socket, &mut connection, inbox, &node, &params).await;
+        last_heard = pump(&mut socket, &mut connection, inbox, &node, &params).await;
     }
 
-    connection.detach_all();
+    // Presence grace counts from the last frame the client sent.
+    let silent_ms = i64::try_from(last_heard.elapsed().as_millis()).unwrap_or(0);
+    connection.detach_all(connection.leave_after(now_ms() - silent_ms));
     node.connections.remove(&connection_id);
     metrics::gauge!("starling_connections").decrement(1.0);
     debug!("disconnected");
 }
 
 /// The connection's loop: inbound frames, publish outcomes, queued outbound frames
-/// and keep-alives.
+/// and keep-alives. Returns when the client was last heard from.
 async fn pump(
     socket: &mut WebSocket,
     connection: &mut Connection,
     mut inbox: Inbox,
     node: &Node,
     params: &ConnectParams,
-) {
+) -> Instant {
     let idle = node.config.connection.max_idle_interval();
     let mut keepalive = tokio::time::interval(idle / 2);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -237,32 +246,32 @@ async fn pump(
                 let id = connection.outbox_id();
                 let update = connected_frame(node, &id, connection.identity(), None);
                 if send(socket, &update, params.format).await.is_err() {
-                    return;
+                    return last_heard;
                 }
             }
             () = &mut expiry, if expires_ms.is_some() => {
                 debug!("token expired");
                 let expired = AblyError::TokenExpired.to_info();
                 let _ = last_word(socket, action::DISCONNECTED, expired, params.format).await;
-                return;
+                return last_heard;
             }
             inbound = socket.recv() => {
                 last_heard = Instant::now();
                 let next = match inbound {
                     Some(Ok(frame)) => on_frame(frame, connection, &mut replies),
                     Some(Err(error)) => on_read_error(&error, &mut replies, node),
-                    None => return,
+                    None => return last_heard,
                 };
                 acks.append(&mut replies.acks);
                 for reply in replies.now.drain(..) {
                     if send(socket, &reply, params.format).await.is_err() {
-                        return;
+                        return last_heard;
                     }
                 }
                 if next == Next::Close {
                     let _ = socket.close().await;
                     drain_briefly(socket).await;
-                    return;
+                    return last_heard;
                 }
                 if connection.identity().expires_ms() != expires_ms {
                     expires_ms = connection.identity().expires_ms();
@@ -272,16 +281,16 @@ async fn pump(
             outcome = first_outcome(&mut acks), if !acks.is_empty() => {
                 let written = send_acks(socket, outcome, &mut acks, params.format);
                 if !within(idle, written).await {
-                    return;
+                    return last_heard;
                 }
             }
             queued = inbox.recv() => {
-                let Some(first) = queued else { return };
+                let Some(first) = queued else { return last_heard };
                 // A client that stops reading blocks the write; it gets an idle
                 // interval to drain, then the connection is dropped.
                 let written = write_queued(socket, first, &mut inbox, params.format);
                 if !within(idle, written).await {
-                    return;
+                    return last_heard;
                 }
             }
             _ = keepalive.tick() => {
@@ -289,10 +298,10 @@ async fn pump(
                 // intervals is gone; the link is how we learn it.
                 if last_heard.elapsed() > idle * 3 {
                     debug!("closing silent connection");
-                    return;
+                    return last_heard;
                 }
                 if keep_alive(socket, params).await.is_err() {
-                    return;
+                    return last_heard;
                 }
             }
         }

@@ -127,6 +127,12 @@ impl Client {
     }
 
     /// Continues msgSerial numbering from `next` (a resumed connection keeps it).
+    /// The msgSerial for the next publish-like frame (MESSAGE or PRESENCE), taken.
+    pub fn take_msg_serial(&mut self) -> i64 {
+        self.next_msg_serial += 1;
+        self.next_msg_serial - 1
+    }
+
     pub fn set_next_msg_serial(&mut self, next: i64) {
         self.next_msg_serial = next;
     }

@@ -46,7 +46,9 @@ pub mod action {
     pub const ATTACHED: i64 = 11;
     pub const DETACH: i64 = 12;
     pub const DETACHED: i64 = 13;
+    pub const PRESENCE: i64 = 14;
     pub const MESSAGE: i64 = 15;
+    pub const SYNC: i64 = 16;
     pub const AUTH: i64 = 17;
 }
 

@@ -8,11 +8,12 @@ use starling_proto::bridge as pb;
 use starling_proto::bridge::bridge_frame::Body;
 use tracing::debug;
 
-use crate::channel_master::{Entry, HistoryPage};
+use crate::channel_master::{Body as EntryBody, Entry, HistoryPage};
 use crate::channels::channel_key;
 use crate::error::AblyError;
 use crate::position::Position;
-use crate::protocol::{ErrorInfo, Message};
+use crate::presence::{PresenceEntry, PresenceOp};
+use crate::protocol::{ErrorInfo, Message, PresenceMessage};
 use crate::region::{BridgeIn, BridgeOut};
 
 /// Numbers the frames one side originates on a link, and remembers which request
@@ -70,6 +71,19 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
     rmp_serde::to_vec_named(message).expect("messages serialise")
 }
 
+/// Presence events, members and operations travel as MessagePack too.
+pub fn encode_value<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).expect("presence values serialise")
+}
+
+pub fn decode_value<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, AblyError> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| AblyError::MalformedFrame(format!("bridge {what}: {e}")))
+}
+
 pub fn decode_message(bytes: &[u8]) -> Result<Message, AblyError> {
     rmp_serde::from_slice(bytes)
         .map_err(|e| AblyError::MalformedFrame(format!("bridge message: {e}")))
@@ -125,10 +139,14 @@ pub fn outgoing(out: BridgeOut) -> (Body, Option<u64>) {
         BridgeOut::Forward {
             channel,
             req,
-            publish,
+            mut publish,
             ..
         } => {
             let (app_id, channel) = split_key(&channel);
+            let presence = match publish.presence.take() {
+                Some(op) => encode_value(&with_event_ids(op, &publish.id_base)),
+                None => Vec::new(),
+            };
             let messages = (publish.messages.iter().enumerate())
                 .map(|(index, message)| {
                     // The id is fixed here, so a forward sent again is the same message.
@@ -149,6 +167,7 @@ pub fn outgoing(out: BridgeOut) -> (Body, Option<u64>) {
                 channel,
                 messages,
                 connection_id: publish.connection_id.unwrap_or_default(),
+                presence,
             });
             (body, Some(req))
         }
@@ -162,12 +181,24 @@ pub fn incoming(frame: pb::BridgeFrame, numbering: &mut Numbering) -> Vec<Bridge
         return Vec::new();
     };
     match body {
-        Body::Subscribed(s) => vec![BridgeIn::Subscribed {
-            channel: channel_key(&s.app_id, &s.channel),
-            position: s.position.as_ref().map(from_pb).unwrap_or_default(),
-            resumed: s.resumed,
-            error: error_of(s.error_code, s.error_message),
-        }],
+        Body::Subscribed(s) => {
+            let members = if s.members.is_empty() {
+                Ok(Vec::new())
+            } else {
+                decode_value::<Vec<PresenceMessage>>(&s.members, "members")
+            };
+            let Ok(members) = members else {
+                debug!(region.id = %frame.origin_region, "undecodable members; ignoring the confirmation");
+                return Vec::new();
+            };
+            vec![BridgeIn::Subscribed {
+                channel: channel_key(&s.app_id, &s.channel),
+                position: s.position.as_ref().map(from_pb).unwrap_or_default(),
+                resumed: s.resumed,
+                error: error_of(s.error_code, s.error_message),
+                members,
+            }]
+        }
         Body::Sequenced(s) => match entries(&s.entries) {
             Ok(entries) => vec![BridgeIn::Sequenced {
                 channel: channel_key(&s.app_id, &s.channel),
@@ -250,12 +281,45 @@ fn entries(entries: &[pb::SequencedEntry]) -> Result<Vec<Entry>, AblyError> {
     entries
         .iter()
         .map(|e| {
+            let body = if e.kind == pb::EntryKind::Presence as i32 {
+                EntryBody::Presence(PresenceEntry {
+                    message: decode_value(&e.payload, "presence event")?,
+                    holder: None,
+                    grace_ms: 0,
+                })
+            } else {
+                EntryBody::Message(decode_message(&e.payload)?)
+            };
             Ok(Entry {
                 position: e.position.as_ref().map(from_pb).unwrap_or_default(),
-                message: decode_message(&e.payload)?,
+                body,
             })
         })
         .collect()
+}
+
+/// Presence events get their ids here, like forwarded messages, so a forward sent
+/// again carries the same events.
+fn with_event_ids(op: PresenceOp, id_base: &str) -> PresenceOp {
+    match op {
+        PresenceOp::Events {
+            holder,
+            grace_ms,
+            mut messages,
+        } => {
+            for (index, message) in messages.iter_mut().enumerate() {
+                message
+                    .id
+                    .get_or_insert_with(|| format!("{id_base}:{index}"));
+            }
+            PresenceOp::Events {
+                holder,
+                grace_ms,
+                messages,
+            }
+        }
+        other => other,
+    }
 }
 
 /// An error carried as code and message (0: none). The status follows the code's

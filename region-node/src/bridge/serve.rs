@@ -24,7 +24,9 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
-use super::frames::{self, decode_message, encode_message, to_pb, Numbering};
+use super::frames::{
+    self, decode_message, decode_value, encode_message, encode_value, to_pb, Numbering,
+};
 use super::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use crate::channel_client::Subscriber;
 use crate::channel_master::{HistoryQuery, Publish};
@@ -33,8 +35,11 @@ use crate::error::AblyError;
 use crate::node::Node;
 use crate::outbox::{self, Inbox, Outgoing};
 use crate::position::Position;
-use crate::protocol::{action, codec, flags, Encoded, Format, Message, ProtocolMessage};
-use crate::region::Start;
+use crate::presence::{self, PresenceOp};
+use crate::protocol::{
+    action, codec, flags, Encoded, Format, Message, PresenceMessage, ProtocolMessage,
+};
+use crate::region::{Leave, Start};
 
 /// Bytes queued toward one remote region per channel before its interest is cut off
 /// (it declares interest again from where it was, and the home replays the rest).
@@ -135,7 +140,7 @@ impl ServedLink {
         }
         for (key, (connection_id, pump)) in self.interests.drain() {
             pump.abort();
-            self.node.region.detach(&key, &connection_id);
+            self.node.region.detach(&key, &connection_id, Leave::Now);
         }
         info!(region.id = %self.remote, "bridge link closed");
     }
@@ -200,7 +205,7 @@ impl ServedLink {
         let key = channel_key(&interest.app_id, &interest.channel);
         if let Some((connection_id, pump)) = self.interests.remove(&key) {
             pump.abort();
-            self.node.region.detach(&key, &connection_id);
+            self.node.region.detach(&key, &connection_id, Leave::Now);
         }
         if !interest.interested {
             return;
@@ -219,10 +224,13 @@ impl ServedLink {
             Format::Msgpack,
             INTEREST_QUEUE_BYTES,
         );
+        // The remote region's relay keeps the members too: it gets them listed on
+        // every (re)start and then every presence event.
         let subscriber = Subscriber {
             outbox,
-            modes: flags::SUBSCRIBE,
+            modes: flags::SUBSCRIBE | flags::PRESENCE_SUBSCRIBE,
             echo: true,
+            sync_always: true,
         };
         let attached = ProtocolMessage::for_channel(action::ATTACHED, &interest.channel);
         let start = match interest.from.as_ref().map(frames::from_pb) {
@@ -237,6 +245,7 @@ impl ServedLink {
             numbering: self.numbering.clone(),
             tx: self.tx.clone(),
             last: None,
+            confirming: None,
         };
         let task = tokio::spawn(pump.run(inbox));
         self.interests.insert(key, (connection_id, task));
@@ -405,6 +414,12 @@ pub(super) fn forwarded_publish(
     origin_seq: u64,
     limit: usize,
 ) -> Result<Publish, AblyError> {
+    let connection_id = (!forward.connection_id.is_empty()).then(|| forward.connection_id.clone());
+    if !forward.presence.is_empty() {
+        let op = forwarded_presence(&forward.presence, remote, limit)?;
+        let id_base = format!("bridge:{remote}:{origin_seq}");
+        return Ok(Publish::presence(op, id_base, connection_id));
+    }
     let messages = (forward.messages.iter())
         .map(|p| {
             let mut message = decode_message(&p.payload)?;
@@ -417,11 +432,41 @@ pub(super) fn forwarded_publish(
     if size > limit {
         return Err(AblyError::MessageTooLarge { size, limit });
     }
-    Ok(Publish {
+    Ok(Publish::messages(
         messages,
-        id_base: format!("bridge:{remote}:{origin_seq}"),
-        connection_id: (!forward.connection_id.is_empty()).then(|| forward.connection_id.clone()),
-    })
+        format!("bridge:{remote}:{origin_seq}"),
+        connection_id,
+    ))
+}
+
+/// A presence operation from another region: it may speak only for its own nodes'
+/// connections, and its events are bounded like a client's.
+fn forwarded_presence(bytes: &[u8], remote: &str, limit: usize) -> Result<PresenceOp, AblyError> {
+    let op: PresenceOp = decode_value(bytes, "presence operation")?;
+    let region = match &op {
+        PresenceOp::Events { holder, .. }
+        | PresenceOp::Gone { holder, .. }
+        | PresenceOp::Here { holder, .. } => &holder.region,
+        PresenceOp::Alive { region, .. } => region,
+    };
+    if region != remote {
+        return Err(AblyError::Forbidden(format!(
+            "region {remote} may not report presence held in region {region}"
+        )));
+    }
+    if let PresenceOp::Events { messages, .. } = &op {
+        let size: usize = messages.iter().map(presence::size).sum();
+        if size > limit {
+            return Err(AblyError::MessageTooLarge { size, limit });
+        }
+        if messages
+            .iter()
+            .any(|m| m.client_id.is_none() || m.connection_id.is_none())
+        {
+            return Err(AblyError::PresenceWithoutClientId);
+        }
+    }
+    Ok(op)
 }
 
 /// Carries one interest's frames from its outbox onto the stream.
@@ -432,6 +477,8 @@ struct Pump {
     tx: mpsc::UnboundedSender<pb::BridgeFrame>,
     /// The last position sent, named as `previous` in the next Sequenced frame.
     last: Option<Position>,
+    /// A confirmation held back while the members are listed (SYNC pages).
+    confirming: Option<(pb::Subscribed, Vec<PresenceMessage>)>,
 }
 
 impl Pump {
@@ -475,14 +522,54 @@ impl Pump {
             action::ATTACHED => {
                 let position = position.unwrap_or_default();
                 self.last = Some(position);
-                let resumed = frame.flags.unwrap_or(0) & flags::RESUMED != 0;
-                Some(Body::Subscribed(pb::Subscribed {
+                let frame_flags = frame.flags.unwrap_or(0);
+                let subscribed = pb::Subscribed {
                     app_id: self.app_id.clone(),
                     channel: self.channel.clone(),
                     position: Some(to_pb(position)),
-                    resumed,
+                    resumed: frame_flags & flags::RESUMED != 0,
                     error_code: frame.error.as_ref().map_or(0, |e| e.code as u32),
                     error_message: frame.error.map(|e| e.message).unwrap_or_default(),
+                    members: Vec::new(),
+                };
+                if frame_flags & flags::HAS_PRESENCE != 0 {
+                    self.confirming = Some((subscribed, Vec::new()));
+                    return None;
+                }
+                Some(Body::Subscribed(subscribed))
+            }
+            action::SYNC => {
+                let (_, members) = self.confirming.as_mut()?;
+                members.extend(frame.presence.unwrap_or_default());
+                let last_page = (frame.channel_serial.as_deref()).is_none_or(|s| {
+                    s.split_once(':')
+                        .is_none_or(|(_, cursor)| cursor.is_empty())
+                });
+                if !last_page {
+                    return None;
+                }
+                let (mut subscribed, members) = self.confirming.take()?;
+                subscribed.members = encode_value(&members);
+                Some(Body::Subscribed(subscribed))
+            }
+            action::PRESENCE => {
+                let entries: Vec<pb::SequencedEntry> = (frame.presence.unwrap_or_default().iter())
+                    .map(|m| pb::SequencedEntry {
+                        position: position.map(to_pb),
+                        id: m.id.clone().unwrap_or_default(),
+                        kind: pb::EntryKind::Presence as i32,
+                        payload: encode_value(m),
+                    })
+                    .collect();
+                let previous = self.last.map(to_pb);
+                if let Some(position) = position {
+                    self.last = Some(position);
+                }
+                Some(Body::Sequenced(pb::Sequenced {
+                    app_id: self.app_id.clone(),
+                    channel: self.channel.clone(),
+                    previous,
+                    entries,
                 }))
             }
             action::MESSAGE => {

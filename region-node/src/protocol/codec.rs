@@ -7,7 +7,7 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{data, Message, ProtocolMessage};
+use super::{data, Message, PresenceMessage, ProtocolMessage};
 
 /// The wire format a peer asked for (`format=` on the WebSocket, `Accept` on REST).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -118,13 +118,10 @@ fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 /// The protocol message as a JSON peer must see it: binary payloads as base64.
 fn json_view(pm: &ProtocolMessage) -> Cow<'_, ProtocolMessage> {
-    let Some(messages) = &pm.messages else {
-        return Cow::Borrowed(pm);
-    };
-    if !messages
-        .iter()
-        .any(|m| matches!(m.data, Some(data::Data::Binary(_))))
-    {
+    let binary = |d: &Option<data::Data>| matches!(d, Some(data::Data::Binary(_)));
+    let in_messages = (pm.messages.iter().flatten()).any(|m| binary(&m.data));
+    let in_presence = (pm.presence.iter().flatten()).any(|m| binary(&m.data));
+    if !in_messages && !in_presence {
         return Cow::Borrowed(pm);
     }
 
@@ -132,7 +129,20 @@ fn json_view(pm: &ProtocolMessage) -> Cow<'_, ProtocolMessage> {
     if let Some(messages) = owned.messages.as_mut() {
         messages.iter_mut().for_each(render_for_json);
     }
+    if let Some(presence) = owned.presence.as_mut() {
+        presence.iter_mut().for_each(render_presence_for_json);
+    }
     Cow::Owned(owned)
+}
+
+/// Rewrites one canonical presence event for a JSON peer, in place.
+pub fn render_presence_for_json(message: &mut PresenceMessage) {
+    if let Some((data, encoding)) =
+        data::for_json(message.data.as_ref(), message.encoding.as_deref())
+    {
+        message.data = Some(data);
+        message.encoding = encoding;
+    }
 }
 
 /// Rewrites one canonical message for a JSON peer, in place.

@@ -158,8 +158,7 @@ impl Message {
     }
 }
 
-/// A presence event (spec TP). Presence itself is not served yet; the type exists so
-/// that frames carrying it decode and are refused with a clear error.
+/// A presence event (spec TP); its actions are in `crate::presence::action`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceMessage {
@@ -177,4 +176,6 @@ pub struct PresenceMessage {
     pub encoding: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extras: Option<serde_json::Value>,
 }

@@ -4,19 +4,21 @@
 //! carries local publishes to the master, resending them when the master changes or an
 //! answer is overdue (mesh links can drop messages when they are replaced).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::msg::ChannelMsg;
+use super::presence::{send_sync, GoneConn, Leave};
 use super::{NodeId, RegionState};
 use crate::channel_client::{ChannelClient, Subscriber};
-use crate::channel_master::{Entry, Publish};
+use crate::channel_master::{Body, Entry, Publish};
 use crate::channels::public_name;
 use crate::error::AblyError;
 use crate::position::Position;
-use crate::protocol::{action, codec, flags, ErrorInfo, ProtocolMessage};
+use crate::presence::{Members, PresenceOp};
+use crate::protocol::{action, codec, flags, ErrorInfo, PresenceMessage, ProtocolMessage};
 use crate::rewind::Rewind;
 
 pub type PublishReply = oneshot::Sender<Result<Vec<Option<String>>, ErrorInfo>>;
@@ -46,6 +48,13 @@ pub(super) struct ClientSlot {
     pub waiting: Vec<Waiting>,
     /// Publishes not yet answered, by request id (so in the order they were made).
     pub inflight: BTreeMap<u64, Inflight>,
+    /// The channel's members as of `last`, for SYNC.
+    pub members: Members,
+    /// Local connections that sent presence events here (their members may not have
+    /// come back sequenced yet).
+    pub presence_conns: BTreeSet<String>,
+    /// Local connections with members that are gone, told again to every new master.
+    pub gone: Vec<GoneConn>,
 }
 
 /// An attachment waiting for the subscription, with its ATTACHED frame and where it
@@ -104,16 +113,17 @@ impl RegionState {
         }
         if slot.subscribed {
             let position = slot.last.unwrap_or_default();
-            match start {
-                Start::Live => return admit(slot, subscriber, attached, position, Resume::No),
-                Start::After(from) if from == position => {
-                    return admit(slot, subscriber, attached, position, Resume::Kept);
-                }
-                Start::After(_) | Start::Rewind(_) => {
-                    slot.subscribed = false;
-                    slot.subscribe_sent_ms = None;
-                }
+            let resume = match start {
+                Start::Live => Some(Resume::No),
+                Start::After(from) if from == position => Some(Resume::Kept),
+                Start::After(_) | Start::Rewind(_) => None,
+            };
+            if let Some(resume) = resume {
+                admit(slot, subscriber, attached, position, resume);
+                return self.presence_admitted(channel, &id);
             }
+            slot.subscribed = false;
+            slot.subscribe_sent_ms = None;
         }
         slot.waiting.push(Waiting {
             subscriber,
@@ -123,7 +133,8 @@ impl RegionState {
         self.follow(channel);
     }
 
-    pub fn detach(&mut self, channel: &str, connection_id: &str) {
+    pub fn detach(&mut self, channel: &str, connection_id: &str, leave: Leave) {
+        self.presence_detached(channel, connection_id, leave);
         let Some(slot) = self.clients.get_mut(channel) else {
             return;
         };
@@ -141,13 +152,21 @@ impl RegionState {
         }
         let req = self.next_req();
         let since_ms = self.now_ms;
+        let events_of = match &publish.presence {
+            Some(PresenceOp::Events { .. }) => publish.connection_id.clone(),
+            _ => None,
+        };
         let inflight = Inflight {
             publish,
             reply,
             since_ms,
             sent_ms: None,
         };
-        self.client_slot(channel).inflight.insert(req, inflight);
+        let slot = self.client_slot(channel);
+        if let Some(connection_id) = events_of {
+            slot.presence_conns.insert(connection_id);
+        }
+        slot.inflight.insert(req, inflight);
         self.follow(channel);
     }
 
@@ -165,7 +184,13 @@ impl RegionState {
             slot.subscribed = false;
             slot.subscribe_sent_ms = None;
             slot.inflight.values_mut().for_each(|i| i.sent_ms = None);
+            if slot.master.is_some() {
+                self.reassert_presence(channel);
+            }
         }
+        let Some(slot) = self.clients.get_mut(channel) else {
+            return;
+        };
         let Some(master) = slot.master.clone() else {
             return;
         };
@@ -200,7 +225,9 @@ impl RegionState {
         position: Position,
         missed: Vec<Entry>,
         lost: bool,
+        members: Vec<PresenceMessage>,
     ) {
+        let now = self.now_ms;
         let Some(slot) = self.clients.get_mut(channel) else {
             return;
         };
@@ -229,33 +256,42 @@ impl RegionState {
                         .filter(|e| e.position > from)
                         .cloned()
                         .collect();
-                    replay(&waiting, name, &after, from, flags::RESUMED);
+                    let sync = (position, &members);
+                    replay(&waiting, name, &after, from, flags::RESUMED, sync);
                     Resume::Replayed
                 }
                 (Start::Rewind(rewind), _) => {
-                    let chosen = rewind.select(&missed);
+                    // A rewind replays messages; the members come as a SYNC.
+                    let messages: Vec<Entry> = (missed.iter())
+                        .filter(|e| matches!(e.body, Body::Message(_)))
+                        .cloned()
+                        .collect();
+                    let chosen = rewind.select(&messages);
                     // The serial before the first one replayed, so a client that drops
                     // during the replay resumes where it really is.
-                    let before = missed.len() - chosen.len();
+                    let before = messages.len() - chosen.len();
                     let from = before
                         .checked_sub(1)
-                        .map_or(FROM_RETAINED, |i| missed[i].position);
+                        .map_or(FROM_RETAINED, |i| messages[i].position);
                     let backlog = if chosen.is_empty() {
                         0
                     } else {
                         flags::HAS_BACKLOG
                     };
-                    replay(&waiting, name, chosen, from, backlog);
+                    let sync = (position, &members);
+                    replay_rewound(&waiting, name, chosen, from, backlog, sync);
                     Resume::Replayed
                 }
             };
             admitted.push((waiting, resume));
         }
+        for entry in missed {
+            deliver_entry(slot, name, entry, now);
+        }
+        // The set as of `position`; the entries delivered just now are already in it.
+        slot.members.replace(members);
         if let Some(error) = &error {
             tell_of_gap(slot, name, position, error);
-        }
-        for entry in missed {
-            deliver_entry(slot, name, entry);
         }
         if slot.last.is_none_or(|last| last < position) {
             slot.last = Some(position);
@@ -264,8 +300,13 @@ impl RegionState {
         slot.subscribe_sent_ms = None;
 
         let position = slot.last.unwrap_or_default();
+        let mut ids = Vec::with_capacity(admitted.len());
         for (waiting, resume) in admitted {
+            ids.push(waiting.subscriber.outbox.connection_id.to_string());
             admit(slot, waiting.subscriber, waiting.attached, position, resume);
+        }
+        for id in ids {
+            self.presence_admitted(channel, &id);
         }
     }
 
@@ -300,6 +341,8 @@ impl RegionState {
             return;
         }
         slot.last = Some(position);
+        let now = self.now_ms;
+        slot.apply_presence(&frame, now);
         slot.local.deliver(&frame);
     }
 
@@ -316,6 +359,19 @@ impl RegionState {
         let Some((channel, inflight)) = found else {
             return;
         };
+        if result.is_err() && is_presence_report(&inflight.publish) {
+            // Nothing else would repeat a report of who holds members: it stays in
+            // flight and goes again after the usual resend delay (until it expires).
+            let now = self.now_ms;
+            if let Some(slot) = self.clients.get_mut(&channel) {
+                let inflight = Inflight {
+                    sent_ms: Some(now),
+                    ..inflight
+                };
+                slot.inflight.insert(req, inflight);
+            }
+            return;
+        }
         let _ = inflight.reply.send(result);
         self.drop_client_if_idle(&channel);
     }
@@ -397,7 +453,10 @@ impl RegionState {
     pub fn local_occupancy(&self, channel: &str) -> crate::channel_client::Occupancy {
         self.clients
             .get(channel)
-            .map(|s| s.local.occupancy())
+            .map(|s| crate::channel_client::Occupancy {
+                presence_members: s.members.len(),
+                ..s.local.occupancy()
+            })
             .unwrap_or_default()
     }
 
@@ -405,7 +464,7 @@ impl RegionState {
         self.clients.entry(channel.to_owned()).or_default()
     }
 
-    fn drop_client_if_idle(&mut self, channel: &str) {
+    pub(super) fn drop_client_if_idle(&mut self, channel: &str) {
         let Some(slot) = self.clients.get_mut(channel) else {
             return;
         };
@@ -425,7 +484,9 @@ impl RegionState {
         }
         let slot = self.clients.get_mut(channel).expect("present");
         slot.subscribed = false;
-        if slot.inflight.is_empty() {
+        // Gone connections stay until their members had time to leave, so a new
+        // master still hears of them.
+        if slot.inflight.is_empty() && slot.gone.is_empty() {
             self.clients.remove(channel);
         }
     }
@@ -449,6 +510,15 @@ impl ClientSlot {
     }
 }
 
+/// Whether a publish is a report of who holds presence members (not a client's own
+/// events, which the client retries itself).
+fn is_presence_report(publish: &Publish) -> bool {
+    matches!(
+        &publish.presence,
+        Some(PresenceOp::Gone { .. } | PresenceOp::Here { .. } | PresenceOp::Alive { .. })
+    )
+}
+
 /// How an attachment continues what its connection had before.
 enum Resume {
     /// A first attach, or a re-attach that asked for nothing.
@@ -470,37 +540,121 @@ fn admit(
     resume: Resume,
 ) {
     attached.channel_serial = Some(position.to_string());
+    let mut sync = subscriber.sync_always;
     match resume {
-        Resume::No => {}
+        Resume::No => sync = true,
         Resume::Kept => attached.flags = Some(attached.flags.unwrap_or(0) | flags::RESUMED),
         // The replay went out already, each message with its serial; this ATTACHED
         // went first (see `replay`), so only live frames follow now.
         Resume::Replayed => return slot.local.attach(subscriber),
-        Resume::Lost(error) => attached.error = Some(error),
+        Resume::Lost(error) => {
+            attached.error = Some(error);
+            sync = true;
+        }
     }
-    subscriber
-        .outbox
-        .send_frame(codec::encode(&attached, subscriber.outbox.format));
+    // Without RESUMED the client starts its member set afresh: a SYNC follows when
+    // there are members to list.
+    let sync = sync && wants_sync(subscriber.modes, &slot.members);
+    if sync {
+        attached.flags = Some(attached.flags.unwrap_or(0) | flags::HAS_PRESENCE);
+    }
+    let outbox = &subscriber.outbox;
+    outbox.send_frame(codec::encode(&attached, outbox.format));
+    if sync {
+        send_sync(
+            outbox,
+            attached.channel.as_deref().unwrap_or(""),
+            &slot.members,
+            position,
+        );
+    }
     slot.local.attach(subscriber);
+}
+
+/// Whether an attachment gets a SYNC of `members`: it subscribes to presence and
+/// there is someone to list.
+fn wants_sync(modes: i64, members: &Members) -> bool {
+    modes & flags::PRESENCE_SUBSCRIBE != 0 && !members.is_empty()
 }
 
 /// ATTACHED (with `flag`: RESUMED for a resume, HAS_BACKLOG for a rewind) at the
 /// serial the attachment continues from, then `entries`, to this attachment alone.
-fn replay(waiting: &Waiting, channel: &str, entries: &[Entry], from: Position, flag: i64) {
-    let outbox = &waiting.subscriber.outbox;
+/// A bridge's attachment (`sync_always`) also gets the members as of `sync.0`, before
+/// the replay: applying the replayed events to them again changes nothing.
+fn replay(
+    waiting: &Waiting,
+    channel: &str,
+    entries: &[Entry],
+    from: Position,
+    flag: i64,
+    sync: (Position, &Vec<PresenceMessage>),
+) {
+    let sub = &waiting.subscriber;
+    let mut members = Members::default();
+    if sub.sync_always {
+        members.replace(sync.1.clone());
+    }
+    let with_sync = wants_sync(sub.modes, &members);
     let mut attached = waiting.attached.clone();
     attached.channel_serial = Some(from.to_string());
-    attached.flags = Some(attached.flags.unwrap_or(0) | flag);
-    outbox.send_frame(codec::encode(&attached, outbox.format));
+    let presence = if with_sync { flags::HAS_PRESENCE } else { 0 };
+    attached.flags = Some(attached.flags.unwrap_or(0) | flag | presence);
+    sub.outbox
+        .send_frame(codec::encode(&attached, sub.outbox.format));
+    if with_sync {
+        send_sync(&sub.outbox, channel, &members, sync.0);
+    }
+    send_entries(sub, channel, entries);
+}
 
+/// A rewound first attach: ATTACHED with HAS_BACKLOG (and HAS_PRESENCE with a SYNC of
+/// the members as of `sync.0` when there are any), then the chosen messages.
+fn replay_rewound(
+    waiting: &Waiting,
+    channel: &str,
+    entries: &[Entry],
+    from: Position,
+    flag: i64,
+    sync: (Position, &Vec<PresenceMessage>),
+) {
     let sub = &waiting.subscriber;
+    let mut members = Members::default();
+    members.replace(sync.1.clone());
+    let with_sync = wants_sync(sub.modes, &members);
+    let mut attached = waiting.attached.clone();
+    attached.channel_serial = Some(from.to_string());
+    let presence = if with_sync { flags::HAS_PRESENCE } else { 0 };
+    attached.flags = Some(attached.flags.unwrap_or(0) | flag | presence);
+    sub.outbox
+        .send_frame(codec::encode(&attached, sub.outbox.format));
+    if with_sync {
+        send_sync(&sub.outbox, channel, &members, sync.0);
+    }
+    send_entries(sub, channel, entries);
+}
+
+/// Replayed entries to one attachment, each as its own frame, as its modes and echo
+/// setting allow.
+fn send_entries(sub: &Subscriber, channel: &str, entries: &[Entry]) {
+    let outbox = &sub.outbox;
     for entry in entries {
-        let own = entry.message.connection_id.as_deref() == Some(&*sub.outbox.connection_id);
-        if sub.modes & flags::SUBSCRIBE == 0 || (own && !sub.echo) {
+        if !receives(sub, &entry.body) {
             continue;
         }
-        let frame = entry_frame(channel, entry.clone());
+        let frame = entry.clone().frame(channel);
         outbox.send_frame(codec::encode(&frame, outbox.format));
+    }
+}
+
+/// Whether an attachment receives an entry: messages need SUBSCRIBE (and echo for its
+/// own), presence events PRESENCE_SUBSCRIBE.
+fn receives(sub: &Subscriber, body: &Body) -> bool {
+    match body {
+        Body::Message(m) => {
+            let own = m.connection_id.as_deref() == Some(&*sub.outbox.connection_id);
+            sub.modes & flags::SUBSCRIBE != 0 && (sub.echo || !own)
+        }
+        Body::Presence(_) => sub.modes & flags::PRESENCE_SUBSCRIBE != 0,
     }
 }
 
@@ -508,33 +662,29 @@ fn replay(waiting: &Waiting, channel: &str, entries: &[Entry], from: Position, f
 /// RESUMED and with the error, which clients take as a discontinuity.
 fn tell_of_gap(slot: &ClientSlot, channel: &str, position: Position, error: &ErrorInfo) {
     for sub in slot.local.subscribers() {
+        let sync = wants_sync(sub.modes, &slot.members);
+        let presence = if sync { flags::HAS_PRESENCE } else { 0 };
         let frame = ProtocolMessage {
-            flags: Some(sub.modes),
+            flags: Some(sub.modes | presence),
             channel_serial: Some(position.to_string()),
             error: Some(error.clone()),
             ..ProtocolMessage::for_channel(action::ATTACHED, channel)
         };
         sub.outbox
             .send_frame(codec::encode(&frame, sub.outbox.format));
+        if sync {
+            send_sync(&sub.outbox, channel, &slot.members, position);
+        }
     }
 }
 
-/// Delivers one replayed history entry as its own MESSAGE frame.
-fn deliver_entry(slot: &mut ClientSlot, channel: &str, entry: Entry) {
+/// Delivers one replayed history entry as its own frame.
+fn deliver_entry(slot: &mut ClientSlot, channel: &str, entry: Entry, now_ms: i64) {
     if slot.last.is_some_and(|last| entry.position <= last) {
         return;
     }
     slot.last = Some(entry.position);
-    slot.local.deliver(&entry_frame(channel, entry));
-}
-
-/// A history entry as its own MESSAGE frame.
-fn entry_frame(channel: &str, entry: Entry) -> ProtocolMessage {
-    ProtocolMessage {
-        channel_serial: Some(entry.position.to_string()),
-        connection_id: entry.message.connection_id.clone(),
-        timestamp: entry.message.timestamp,
-        messages: Some(vec![entry.message]),
-        ..ProtocolMessage::for_channel(action::MESSAGE, channel)
-    }
+    let frame = entry.frame(channel);
+    slot.apply_presence(&frame, now_ms);
+    slot.local.deliver(&frame);
 }

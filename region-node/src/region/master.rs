@@ -7,9 +7,12 @@ use tracing::{debug, info, warn};
 
 use super::msg::ChannelMsg;
 use super::{NodeId, RegionState};
-use crate::channel_master::{ChannelMaster, Entry, HistoryQuery, Publish, Snapshot};
+use crate::channel_master::{
+    Body, ChannelMaster, Entry, HistoryQuery, Publish, Sequenced, Snapshot,
+};
 use crate::channels::public_name;
 use crate::position::Position;
+use crate::presence::{Members, PresenceEntry};
 use crate::protocol::ProtocolMessage;
 
 /// A channel this node sequences.
@@ -30,11 +33,17 @@ pub(super) struct MasterSlot {
     pub home_epoch: u64,
     /// When the channel's home was last reported in use.
     pub touched_ms: i64,
+    /// The members as of `committed`: what a new subscriber is told (the core's set
+    /// also holds what is not committed yet).
+    pub members: Members,
 }
 
 pub(super) struct Uncommitted {
     upto: Position,
-    frame: Option<ProtocolMessage>,
+    /// Each frame with its position, broadcast in order once committed.
+    frames: Vec<(Position, ProtocolMessage)>,
+    /// The presence events among them, applied to the committed members.
+    presence: Vec<PresenceEntry>,
     serials: Vec<Option<String>>,
     reply_to: NodeId,
     req: u64,
@@ -155,6 +164,7 @@ impl RegionState {
                 None => (Vec::new(), true),
             },
         };
+        let members = slot.members.present();
         let channel = channel.to_owned();
         self.send(
             from,
@@ -163,40 +173,56 @@ impl RegionState {
                 position,
                 missed,
                 lost,
+                members,
             },
         );
     }
 
     fn sequence(&mut self, from: NodeId, channel: &str, req: u64, publish: Publish) {
+        if publish.presence.is_some() {
+            return self.sequence_presence(from, channel, req, publish);
+        }
         let now = self.now_ms;
         let slot = self.masters.get_mut(channel).expect("checked by caller");
         let after = slot.core.position();
         let sequenced = slot.core.sequence(publish, now);
+        self.queue_sequenced(from, channel, req, after, sequenced);
+    }
 
-        let Some(last) = sequenced.entries.last().map(|e| e.position) else {
-            // Every message was a duplicate. Its first copy may be one this master
-            // inherited and has not yet seen its own copy holders confirm, so the
-            // answer waits in line like any publish, with nothing to broadcast.
-            let upto = slot.core.position();
-            let serials = sequenced.serials;
-            slot.pending.push_back(Uncommitted {
-                upto,
-                frame: None,
-                serials,
-                reply_to: from,
-                req,
-            });
-            self.commit_ready(channel);
-            return;
-        };
-
+    /// Queues what was sequenced until its copies confirm it, and sends them the new
+    /// entries. Every message of a publish may have been a duplicate: its first copy
+    /// may be one this master inherited and has not yet seen its own copy holders
+    /// confirm, so the answer waits in line like any publish, with nothing to
+    /// broadcast.
+    pub(super) fn queue_sequenced(
+        &mut self,
+        from: NodeId,
+        channel: &str,
+        req: u64,
+        after: Position,
+        sequenced: Sequenced,
+    ) {
+        let slot = self.masters.get_mut(channel).expect("checked by caller");
+        let upto = (sequenced.entries.last()).map_or(slot.core.position(), |e| e.position);
+        let presence = (sequenced.entries.iter())
+            .filter_map(|e| match &e.body {
+                Body::Presence(p) => Some(p.clone()),
+                Body::Message(_) => None,
+            })
+            .collect();
         slot.pending.push_back(Uncommitted {
-            upto: last,
-            frame: sequenced.frame,
+            upto,
+            frames: sequenced.frames,
+            presence,
             serials: sequenced.serials,
             reply_to: from,
             req,
         });
+        if sequenced.entries.is_empty() {
+            self.commit_ready(channel);
+            return;
+        }
+
         let epoch = slot.core.epoch();
         let copies = slot.copies.clone();
         for copy in copies {
@@ -234,18 +260,25 @@ impl RegionState {
             committed.push((after, head));
         }
 
+        let now = self.now_ms;
+        for (_, done) in &committed {
+            for event in &done.presence {
+                slot.members.apply(event, now);
+            }
+        }
         let subscribers: Vec<NodeId> = slot.subscribers.iter().cloned().collect();
-        for (after, done) in committed {
-            if let Some(frame) = done.frame {
+        for (mut after, done) in committed {
+            for (position, frame) in done.frames {
                 for node in &subscribers {
                     let msg = ChannelMsg::Sequenced {
                         after,
                         channel: channel.to_owned(),
-                        position: done.upto,
+                        position,
                         frame: frame.clone(),
                     };
                     self.send(node.clone(), msg);
                 }
+                after = position;
             }
             self.send(
                 done.reply_to,
@@ -630,6 +663,7 @@ impl RegionState {
             None => ChannelMaster::new(public_name(channel), epoch, self.limits.clone()),
         };
         let committed = core.position();
+        let members = core.members().clone();
         if epoch > 1 {
             info!(channel.name = channel, epoch, "took over as channel master");
         }
@@ -645,9 +679,11 @@ impl RegionState {
                 committed,
                 home_epoch: home.epoch,
                 touched_ms: self.now_ms,
+                members,
             },
         );
         self.refresh_copies(channel);
+        self.mark_lost_holders(channel);
         for (from, msg) in acquire.queued {
             self.on_master_msg(from, msg);
         }

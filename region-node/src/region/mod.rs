@@ -12,6 +12,7 @@ mod handoff;
 mod home;
 mod master;
 pub mod msg;
+mod presence;
 mod relay;
 mod stats;
 #[cfg(test)]
@@ -28,6 +29,7 @@ pub use client::{PublishReply, Start};
 pub use home::{HomeRequest, HomeView};
 use master::{Acquire, MasterSlot, Replica};
 use msg::ChannelMsg;
+pub use presence::Leave;
 pub use relay::{BridgeIn, BridgeOut};
 pub use stats::{ChannelActivity, RegionStats};
 
@@ -110,6 +112,8 @@ pub struct RegionState {
     handoff_wait_ms: i64,
     /// Whether the region holds its sequencing lease from the global master.
     lease: bool,
+    /// Presence limits and timings.
+    presence: presence::PresenceSettings,
     /// Messages to send, in order. Those addressed to this node are handled locally.
     pub out: Vec<(NodeId, ChannelMsg)>,
 }
@@ -144,6 +148,7 @@ impl RegionState {
             handoffs: HashMap::new(),
             handoff_wait_ms: handoff::DEFAULT_HANDOFF_WAIT_MS,
             lease: true,
+            presence: presence::PresenceSettings::default(),
             out: Vec::new(),
         };
         state.set_view([me.to_owned()].into_iter().collect(), 1);
@@ -169,6 +174,7 @@ impl RegionState {
         crate::observe::ring_changed();
         self.rebalance_masters();
         self.reroute_clients();
+        self.on_view_presence();
     }
 
     pub fn set_settled(&mut self, settled: bool) {
@@ -212,6 +218,7 @@ impl RegionState {
         self.touch_homes();
         self.tick_relays();
         self.expire_handoffs();
+        self.tick_presence();
         self.sweep();
     }
 
@@ -227,7 +234,8 @@ impl RegionState {
                 position,
                 missed,
                 lost,
-            } => self.on_subscribed(from, &channel, position, missed, lost),
+                members,
+            } => self.on_subscribed(from, &channel, position, missed, lost, members),
             ChannelMsg::Sequenced {
                 after,
                 channel,
@@ -414,6 +422,13 @@ pub enum Command {
     Detach {
         channel: String,
         connection_id: String,
+        /// When the connection's presence members leave.
+        leave: Leave,
+    },
+    /// A client asks for the channel's members again (SYNC).
+    Sync {
+        channel: String,
+        connection_id: String,
     },
     Publish {
         channel: String,
@@ -482,6 +497,7 @@ impl Region {
         );
         state.set_home_touch_ms(settings.home_touch_ms);
         state.set_handoff_wait_ms(settings.handoff_wait_ms);
+        state.set_presence(settings.max_presence_members, settings.failure_timeout_ms);
         if let Some(link) = &bridges {
             state.enable_bridges(link.max_held, link.hold_ms);
         }
@@ -510,8 +526,17 @@ impl Region {
         });
     }
 
-    pub fn detach(&self, channel: &str, connection_id: &str) {
+    pub fn detach(&self, channel: &str, connection_id: &str, leave: Leave) {
         let _ = self.tx.send(Command::Detach {
+            channel: channel.to_owned(),
+            connection_id: connection_id.to_owned(),
+            leave,
+        });
+    }
+
+    /// Sends the attachment of `connection_id` a full SYNC of the channel's members.
+    pub fn sync(&self, channel: &str, connection_id: &str) {
+        let _ = self.tx.send(Command::Sync {
             channel: channel.to_owned(),
             connection_id: connection_id.to_owned(),
         });
@@ -595,6 +620,10 @@ pub struct RegionSettings {
     pub replication: usize,
     pub limits: HistoryConfig,
     pub home_touch_ms: i64,
+    /// Presence members a channel may hold.
+    pub max_presence_members: usize,
+    /// How long after a peer's last sign of life the mesh declares it dead.
+    pub failure_timeout_ms: i64,
 }
 
 /// The region task's links to other regions: where to send relays' requests, and
@@ -765,7 +794,12 @@ fn handle_command(state: &mut RegionState, command: Command) {
         Command::Detach {
             channel,
             connection_id,
-        } => state.detach(&channel, &connection_id),
+            leave,
+        } => state.detach(&channel, &connection_id, leave),
+        Command::Sync {
+            channel,
+            connection_id,
+        } => state.sync(&channel, &connection_id),
         Command::Publish {
             channel,
             publish,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel_master::{Entry, HistoryPage, HistoryQuery, Publish, Snapshot};
 use crate::position::Position;
-use crate::protocol::{ErrorInfo, ProtocolMessage};
+use crate::protocol::{ErrorInfo, PresenceMessage, ProtocolMessage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 // Each message is moved once per hop; boxing the big variants would cost an
@@ -39,6 +39,9 @@ pub enum ChannelMsg {
         position: Position,
         missed: Vec<Entry>,
         lost: bool,
+        /// The channel's members as of `position`.
+        #[serde(default)]
+        members: Vec<PresenceMessage>,
     },
     /// Master → subscribed clients: a committed frame, the last position it holds,
     /// and the position of the frame committed before it (to detect a lost frame).

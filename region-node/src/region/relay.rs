@@ -22,11 +22,13 @@ use tracing::{debug, info};
 
 use super::msg::ChannelMsg;
 use super::{NodeId, RegionState};
-use crate::channel_master::{ChannelMaster, Entry, HistoryPage, HistoryQuery, Publish, Snapshot};
+use crate::channel_master::{
+    frames_of, ChannelMaster, Entry, HistoryPage, HistoryQuery, Publish, Snapshot,
+};
 use crate::channels::public_name;
 use crate::error::AblyError;
 use crate::position::Position;
-use crate::protocol::{action, ErrorInfo, ProtocolMessage};
+use crate::protocol::{ErrorInfo, PresenceMessage};
 
 /// How long an interest may go unconfirmed before it is declared again.
 const INTEREST_RETRY_MS: i64 = 1_000;
@@ -82,6 +84,8 @@ pub enum BridgeIn {
         position: Position,
         resumed: bool,
         error: Option<ErrorInfo>,
+        /// The channel's members as of `position`.
+        members: Vec<PresenceMessage>,
     },
     /// Entries the home sequenced, and the position before the first of them.
     Sequenced {
@@ -199,6 +203,9 @@ impl RegionState {
         debug!(channel.name = channel, home.region = %home.region, "relaying a channel homed elsewhere");
         self.relays.insert(channel.to_owned(), slot);
         self.declare_interest(channel);
+        // Members held by a node of this region that died before this relay began
+        // (the previous relay's, say) leave at the home.
+        self.report_alive(channel);
         for (from, msg) in queued {
             self.on_relay_msg(from, msg);
         }
@@ -305,11 +312,13 @@ impl RegionState {
                 None => (Vec::new(), true),
             },
         };
+        let members = slot.core.members().present();
         let msg = ChannelMsg::Subscribed {
             channel: channel.to_owned(),
             position,
             missed,
             lost,
+            members,
         };
         self.send(to, msg);
     }
@@ -387,7 +396,8 @@ impl RegionState {
                 position,
                 resumed,
                 error,
-            } => self.on_home_subscribed(&channel, position, resumed, error),
+                members,
+            } => self.on_home_subscribed(&channel, position, resumed, error, members),
             BridgeIn::Sequenced {
                 channel,
                 previous,
@@ -461,10 +471,14 @@ impl RegionState {
         position: Position,
         resumed: bool,
         error: Option<ErrorInfo>,
+        members: Vec<PresenceMessage>,
     ) {
         let Some(slot) = self.relays.get_mut(channel) else {
             return;
         };
+        // The home lists the members on every confirmation, resumed or not: a relay
+        // that restarted from an earlier position holds only what came after it.
+        let members_now = members;
         if !resumed {
             // A fresh start, or the home no longer holds what came after the relay's
             // position: continue from the home's position. ChannelClients that held
@@ -485,6 +499,7 @@ impl RegionState {
                 }
             }
         }
+        slot.core.members_mut().replace(members_now);
         slot.linked = true;
         let waiting = std::mem::take(&mut slot.waiting);
         for (node, since) in waiting {
@@ -526,17 +541,22 @@ impl RegionState {
             return;
         }
 
-        let frame = message_frame(public_name(channel), &fresh);
+        let _ = last;
+        let frames = frames_of(public_name(channel), &fresh);
         slot.core.apply(fresh, now);
         let subscribers: Vec<NodeId> = slot.subscribers.iter().cloned().collect();
         for node in subscribers {
-            let msg = ChannelMsg::Sequenced {
-                after,
-                channel: channel.to_owned(),
-                position: last,
-                frame: frame.clone(),
-            };
-            self.send(node, msg);
+            let mut after = after;
+            for (position, frame) in &frames {
+                let msg = ChannelMsg::Sequenced {
+                    after,
+                    channel: channel.to_owned(),
+                    position: *position,
+                    frame: frame.clone(),
+                };
+                self.send(node.clone(), msg);
+                after = *position;
+            }
         }
     }
 
@@ -655,18 +675,5 @@ fn starting_at(position: Position) -> Snapshot {
         last: position,
         pruned: position,
         ..Snapshot::default()
-    }
-}
-
-/// The MESSAGE frame local connections get for entries the home sequenced together.
-fn message_frame(channel: &str, entries: &[Entry]) -> ProtocolMessage {
-    let last = entries.last().map(|e| e.position).unwrap_or_default();
-    let first = entries.first().map(|e| &e.message);
-    ProtocolMessage {
-        channel_serial: Some(last.to_string()),
-        connection_id: first.and_then(|m| m.connection_id.clone()),
-        timestamp: first.and_then(|m| m.timestamp),
-        messages: Some(entries.iter().map(|e| e.message.clone()).collect()),
-        ..ProtocolMessage::for_channel(action::MESSAGE, channel)
     }
 }

@@ -346,6 +346,7 @@ impl Sim {
             outbox,
             modes: flags::SUBSCRIBE | flags::PUBLISH,
             echo: true,
+            sync_always: false,
         };
         let attached = ProtocolMessage::for_channel(action::ATTACHED, channel);
         self.state(node)
@@ -363,15 +364,15 @@ impl Sim {
     fn publish(&mut self, node: &str, channel: &str, conn: &str, n: u32) -> Ack {
         let name = format!("{conn}#{n}");
         self.note(format!("{node}: publish {name}"));
-        let publish = Publish {
-            messages: vec![Message {
+        let publish = Publish::messages(
+            vec![Message {
                 name: Some(name.clone()),
                 data: Some(Data::Text(name.clone())),
                 ..Message::default()
             }],
-            id_base: format!("{conn}:{n}"),
-            connection_id: Some(conn.to_owned()),
-        };
+            format!("{conn}:{n}"),
+            Some(conn.to_owned()),
+        );
         let (reply, rx) = oneshot::channel();
         self.state(node).publish(channel, publish, reply);
         self.flush(node);
@@ -667,7 +668,10 @@ fn short(position: &Position) -> String {
 fn entry_names(entries: &[Entry]) -> Vec<String> {
     entries
         .iter()
-        .map(|e| e.message.name.clone().unwrap_or_default())
+        .map(|e| match &e.body {
+            crate::channel_master::Body::Message(m) => m.name.clone().unwrap_or_default(),
+            crate::channel_master::Body::Presence(p) => format!("presence {}", p.message.action),
+        })
         .collect()
 }
 
@@ -700,6 +704,7 @@ fn describe(msg: &ChannelMsg) -> String {
             position,
             missed,
             lost,
+            ..
         } => format!(
             "Subscribed {channel} at {} missed {:?} lost {lost}",
             short(position),
@@ -1618,6 +1623,7 @@ fn resume_attach(sim: &mut Sim, node: &str, channel: &str, conn: &str, from: Pos
         outbox,
         modes: flags::SUBSCRIBE | flags::PUBLISH,
         echo: true,
+        sync_always: false,
     };
     let attached = ProtocolMessage::for_channel(action::ATTACHED, channel);
     sim.state(node)
@@ -1744,3 +1750,5 @@ fn an_attached_connection_attaching_again_from_a_serial_gets_each_message_once()
         "the old attachment was replaced"
     );
 }
+
+mod presence;

@@ -34,8 +34,8 @@ const MAX_LIMIT: usize = 1000;
 const ID_BASE_LEN: usize = 12;
 
 /// One channel request's inputs that every endpoint checks the same way.
-struct ChannelRequest<'a> {
-    node: &'a Node,
+pub(super) struct ChannelRequest<'a> {
+    pub(super) node: &'a Node,
     name: Result<Path<String>, PathRejection>,
     headers: &'a HeaderMap,
     params: Params,
@@ -98,7 +98,7 @@ pub async fn status(
 }
 
 impl<'a> ChannelRequest<'a> {
-    fn new(
+    pub(super) fn new(
         node: &'a Node,
         name: Result<Path<String>, PathRejection>,
         headers: &'a HeaderMap,
@@ -114,7 +114,7 @@ impl<'a> ChannelRequest<'a> {
 
     /// Authenticates the caller and checks the channel name, in that order, so that
     /// an anonymous caller learns nothing about names.
-    fn open(self) -> Result<Opened, AblyError> {
+    pub(super) fn open(self) -> Result<Opened, AblyError> {
         let identity = authenticate(self.node, self.headers, &self.params)?;
         let Path(name) = self
             .name
@@ -131,15 +131,19 @@ impl<'a> ChannelRequest<'a> {
 }
 
 /// An authenticated request on a valid channel name.
-struct Opened {
-    name: String,
+pub(super) struct Opened {
+    pub name: String,
     /// The region-wide key of the app's channel.
-    channel: String,
-    identity: Identity,
-    params: Params,
+    pub channel: String,
+    pub identity: Identity,
+    pub params: Params,
 }
 
-fn require(identity: &Identity, channel: &str, op: &'static str) -> Result<(), AblyError> {
+pub(super) fn require(
+    identity: &Identity,
+    channel: &str,
+    op: &'static str,
+) -> Result<(), AblyError> {
     if identity.capability.allows(channel, op) {
         return Ok(());
     }
@@ -183,11 +187,7 @@ async fn try_publish(
     let serials = if messages.is_empty() {
         Vec::new()
     } else {
-        let publish = Publish {
-            messages,
-            id_base,
-            connection_id: None,
-        };
+        let publish = Publish::messages(messages, id_base, None);
         let outcome = node.region.publish(&channel, publish).await;
         let outcome = outcome.map_err(|_| AblyError::Internal("region task ended".into()))?;
         outcome.map_err(AblyError::Remote)?
@@ -317,6 +317,7 @@ impl HistoryParams {
             forwards: self.forwards,
             cursor: self.cursor,
             until: self.from_serial,
+            kind: Default::default(),
         }
     }
 
@@ -324,10 +325,15 @@ impl HistoryParams {
     /// ably-js reuses the original path with a link's query, so each link carries
     /// every parameter the next request needs.
     pub fn link(&self, next: Option<Position>) -> String {
-        let first = format!("<./messages?{}>; rel=\"first\"", self.link_query(None));
+        self.link_to("messages", next)
+    }
+
+    /// The `Link` header for a page of `path` (relative to the request's folder).
+    pub fn link_to(&self, path: &str, next: Option<Position>) -> String {
+        let first = format!("<./{path}?{}>; rel=\"first\"", self.link_query(None));
         match next {
             Some(cursor) => format!(
-                "{first}, <./messages?{}>; rel=\"next\"",
+                "{first}, <./{path}?{}>; rel=\"next\"",
                 self.link_query(Some(cursor))
             ),
             None => first,

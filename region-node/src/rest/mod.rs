@@ -13,6 +13,7 @@
 mod admin;
 pub(crate) mod auth;
 mod channels;
+mod presence;
 mod request;
 mod response;
 mod tokens;
@@ -52,6 +53,9 @@ pub fn router() -> Router<Arc<Node>> {
             "/channels/{name}/messages",
             get(channels::history).post(channels::publish),
         )
+        .route("/channels/{name}/presence", get(presence::members))
+        .route("/channels/{name}/presence/history", get(presence::history))
+        .route("/presence", get(presence::batch))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors());
     client.merge(admin).fallback(not_found)
