@@ -9,6 +9,8 @@
 //! 3. the `/dashboard` page, loaded in headless Chromium, shows the regions, their
 //!    node counts, the global master's leader, the links and the busiest channel as
 //!    they are.
+//!
+//! And a single node logs human-readable text by default, JSON lines on request.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -519,4 +521,46 @@ async fn render(url: &str) -> Result<String> {
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `log.format`: text for a person by default, one JSON object per line on request,
+/// with the structured fields of style.md (`node.id`, `region.id`).
+#[tokio::test]
+async fn logs_are_text_by_default_and_json_on_request() -> Result<()> {
+    let json = starling_tests::Node::start_with(
+        starling_tests::NodeOptions::default()
+            .arg("--log-format")
+            .arg("json"),
+    )
+    .await?;
+    let log = json.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(!lines.is_empty(), "a JSON-logging node logged nothing");
+    let mut ready = None;
+    for line in &lines {
+        let entry: Value =
+            serde_json::from_str(line).with_context(|| format!("not a JSON line: {line}"))?;
+        ensure!(
+            entry["level"].is_string() && entry["fields"].is_object(),
+            "{entry}"
+        );
+        if entry["fields"]["message"] == "region node ready" {
+            ready = Some(entry);
+        }
+    }
+    let ready = ready.with_context(|| format!("no ready line in {log}"))?;
+    ensure!(ready["level"] == "INFO", "{ready}");
+    ensure!(ready["fields"]["node.id"].is_string(), "{ready}");
+    ensure!(ready["fields"]["region.id"] == "local", "{ready}");
+
+    let text = starling_tests::Node::start().await?;
+    let log = text.log();
+    let ready = (log.lines())
+        .find(|l| l.contains("region node ready"))
+        .with_context(|| format!("no ready line in {log}"))?;
+    ensure!(
+        serde_json::from_str::<Value>(ready).is_err() && ready.contains("INFO"),
+        "the default is not human-readable text: {ready}"
+    );
+    Ok(())
 }
