@@ -18,6 +18,30 @@ const PROPAGATION: Duration = Duration::from_secs(10);
 const STOP: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(100);
 
+/// The summary on standard output names each region's entry, the API key, the admin
+/// token and the dashboard, as the README promises.
+fn check_summary(log: &str, described: &Described) -> Result<()> {
+    for region in &described.regions {
+        let entry = format!(
+            "region {}: entry (connect clients here): {}",
+            region.name, region.entry
+        );
+        ensure!(log.contains(&entry), "no {entry:?} in:\n{log}");
+    }
+    let key = &described.apps[0].keys[0].key;
+    ensure!(
+        log.contains(&format!("API key: {key}")),
+        "no API key in:\n{log}"
+    );
+    let token = format!("admin token: {}", described.admin_token);
+    ensure!(log.contains(&token), "no admin token in:\n{log}");
+    ensure!(
+        log.contains("/dashboard"),
+        "no dashboard address in:\n{log}"
+    );
+    Ok(())
+}
+
 fn check_shape(described: &Described) -> Result<()> {
     ensure!(
         described.global_masters.len() == 3,
@@ -115,6 +139,9 @@ async fn scenario(launcher: &mut Launcher) -> Result<()> {
     eprintln!("phase: the launcher describes 3 global masters and 2 regions of 2 nodes");
     let described = launcher.described().await?;
     check_shape(&described)?;
+
+    eprintln!("phase: the launcher told the person at the terminal where to connect");
+    check_summary(&launcher.log(), &described)?;
 
     eprintln!("phase: every node and every global master reports ready");
     for member in &described.global_masters {

@@ -477,6 +477,15 @@ fn dashboard_matches(dom: &str, described: &Described, leader: u64) -> Result<()
         dom.contains(&format!("data-channel=\"{CHANNEL}\"")),
         "{CHANNEL} not among the busiest"
     );
+    // Rates need two polls; the page polls every 2 s of the 6 s of virtual time.
+    for rate in ["rate-in", "rate-out", "rate-deliveries"] {
+        let shown = dom
+            .split(&format!("id=\"{rate}\">"))
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .unwrap_or_default();
+        ensure!(shown.parse::<f64>().is_ok(), "{rate} shows {shown:?}");
+    }
     Ok(())
 }
 
