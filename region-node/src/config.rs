@@ -26,6 +26,7 @@ pub struct Config {
     pub listen: ListenConfig,
     pub mesh: MeshConfig,
     pub tls: TlsConfig,
+    pub client_tls: ClientTlsConfig,
     pub admin: AdminConfig,
     pub connection: ConnectionConfig,
     pub limits: LimitsConfig,
@@ -152,6 +153,34 @@ pub struct TlsConfig {
     pub ca_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+}
+
+/// An optional TLS listener for clients (wss and https) beside the plain one, serving
+/// the same routes. Its certificate is public-facing (any CA the clients trust), not
+/// the cluster CA of `[tls]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// TCP address of the TLS listener. Unset: no TLS listener.
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
+    pub key: Option<PathBuf>,
+    /// How often the two files are read again; changed contents that load become the
+    /// certificate of every later handshake, without a restart.
+    pub reload_check_ms: u64,
+}
+
+impl Default for ClientTlsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            cert: None,
+            key: None,
+            reload_check_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -523,6 +552,13 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
                 .into(),
         );
     }
+    let client_tls = &config.client_tls;
+    if client_tls.listen.is_some() && (client_tls.cert.is_none() || client_tls.key.is_none()) {
+        return bad("client_tls.listen needs client_tls.cert and client_tls.key".into());
+    }
+    if client_tls.reload_check_ms == 0 {
+        return bad("client_tls.reload_check_ms must be at least 1".into());
+    }
     if config.bridge.listen.is_some() && config.tls.files().is_none() {
         return bad("bridge.listen needs [tls] ca_cert, cert and key".into());
     }
@@ -558,11 +594,13 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
 /// with a mistyped certificate path stops at once and says which key is wrong. Apart
 /// from [`load`] because it looks at the filesystem.
 pub fn check_files(config: &Config) -> Result<(), ConfigError> {
-    let tls = &config.tls;
+    let (tls, client_tls) = (&config.tls, &config.client_tls);
     let files = [
         ("tls.ca_cert", "CA certificate", &tls.ca_cert),
         ("tls.cert", "certificate", &tls.cert),
         ("tls.key", "private key", &tls.key),
+        ("client_tls.cert", "certificate", &client_tls.cert),
+        ("client_tls.key", "private key", &client_tls.key),
     ];
     for (key, what, path) in files {
         if let Some(path) = path {
@@ -681,6 +719,22 @@ mod tests {
             err.to_string().contains("max_channels_per_connection"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_client_tls_listener_needs_a_certificate_and_key() {
+        let f = file("[client_tls]\nlisten = \"127.0.0.1:0\"\ncert = \"c.pem\"\n");
+        let err = load_with_env(Some(f.path()), &[]).err().unwrap();
+        assert!(err.to_string().contains("client_tls.key"), "{err}");
+
+        let env = vec![
+            ("STARLING_CLIENT_TLS__LISTEN".into(), "127.0.0.1:0".into()),
+            ("STARLING_CLIENT_TLS__CERT".into(), "c.pem".into()),
+            ("STARLING_CLIENT_TLS__KEY".into(), "k.pem".into()),
+        ];
+        let tls = load_with_env(None, &env).unwrap().config.client_tls;
+        assert_eq!(tls.key.as_deref(), Some(Path::new("k.pem")));
+        assert_eq!(tls.reload_check_ms, 10_000);
     }
 
     #[test]

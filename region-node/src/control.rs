@@ -193,6 +193,28 @@ impl ControlPlane {
             .send_if_modified(|held| !std::mem::replace(held, true));
     }
 
+    /// Other regions the global master has not heard from for longer than a lease,
+    /// measured against this region's own latest heartbeat in the same catalog copy
+    /// (so a copy that lags makes no region look silent), with when each was last
+    /// heard. Such a region cannot hold its lease: it has sent its clients away.
+    pub fn silent_regions(&self) -> Vec<(String, i64)> {
+        let catalog = self.catalog.lock();
+        let Some(own) = catalog.region(&self.region) else {
+            return Vec::new();
+        };
+        let lease = u64::try_from(self.lease_period.as_millis()).unwrap_or(u64::MAX);
+        (catalog.regions())
+            .filter(|(name, r)| **name != self.region && !r.lost)
+            .filter(|(_, r)| own.last_heartbeat_ms.saturating_sub(r.last_heartbeat_ms) > lease)
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    i64::try_from(r.last_heartbeat_ms).unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
     /// Whether this region holds its sequencing lease, as it changes.
     pub fn lease(&self) -> watch::Receiver<bool> {
         self.lease.subscribe()

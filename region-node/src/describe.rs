@@ -51,6 +51,9 @@ pub struct DescribedNode {
     pub id: String,
     pub pid: u32,
     pub client: String,
+    /// The client TLS listener (wss and https), when configured.
+    #[serde(default)]
+    pub client_tls: Option<String>,
     pub mesh: Option<String>,
     pub bridge: Option<String>,
     pub argv: Vec<String>,
@@ -81,6 +84,7 @@ pub fn single_node(node: &Node, client: SocketAddr, mesh: Option<SocketAddr>) ->
         id: config.node.id.clone(),
         pid: std::process::id(),
         client: client.to_string(),
+        client_tls: None,
         mesh: mesh.map(|m| m.to_string()),
         bridge: None,
         argv: std::env::args().collect(),

@@ -68,7 +68,7 @@ pub enum AblyError {
     SlowConsumer,
     #[error("publish rate exceeded: a connection may publish {rate} times a second")]
     PublishRateExceeded { rate: u32 },
-    #[error("disconnected for sending far faster than the rate of {rate} publishes a second")]
+    #[error("disconnected for flooding: frames arrived far faster than the rate of {rate} publishes a second allows")]
     InboundFlood { rate: u32 },
     #[error("a connection may be attached to at most {limit} channels")]
     TooManyChannels { limit: usize },
@@ -139,7 +139,10 @@ impl AblyError {
             NotFound(_) => (40400, 404),
             MethodNotAllowed => (40500, 405),
             SlowConsumer => (80003, 400),
-            PublishRateExceeded { .. } | InboundFlood { .. } => (42911, 429),
+            // 42911 is Ably's per-connection publish rate; a flood of frames of any
+            // kind (pings, attaches, publishes) is its generic rate limit, 42910.
+            PublishRateExceeded { .. } => (42911, 429),
+            InboundFlood { .. } => (42910, 429),
             TooManyChannels { .. } => (90010, 400),
             // 503 and 80003 are both retriable, so ably-js waits and tries again
             // rather than failing the connection (protocol.md §6).
@@ -197,7 +200,7 @@ mod tests {
     fn limits_map_to_their_ably_codes() {
         let cases = [
             (AblyError::PublishRateExceeded { rate: 50 }, (42911, 429)),
-            (AblyError::InboundFlood { rate: 50 }, (42911, 429)),
+            (AblyError::InboundFlood { rate: 50 }, (42910, 429)),
             (AblyError::TooManyChannels { limit: 200 }, (90010, 400)),
             (AblyError::NodeFull { limit: 10_000 }, (80003, 503)),
         ];

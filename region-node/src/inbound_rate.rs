@@ -7,7 +7,8 @@
 //! times the rate and holds enough for a reconnect's storm (every channel
 //! re-attached, the queue of publishes resent) plus three seconds of that tripled
 //! rate. Only a client that keeps sending well past what it was told empties it;
-//! it is then disconnected (DISCONNECTED 42911) rather than NACKed for ever.
+//! it is then disconnected (DISCONNECTED 42910, Ably's generic rate limit) rather
+//! than NACKed for ever.
 //!
 //! No clock of its own: callers pass the time, so the decisions are unit tested.
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use starling_node::config::{self, ConfigError, LogFormat};
-use starling_node::{launcher, tls};
+use starling_node::{launcher, logging, tls};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -167,7 +167,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init_tracing(log: &config::LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| log.level.clone());
+    let filter = EnvFilter::new(logging::filter_directives(&spec));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

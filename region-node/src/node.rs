@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 use crate::apps::AppRegistry;
-use crate::auth::nonce::NonceCache;
+use crate::auth::nonce_claims::RegionNonces;
 use crate::auth::{client_target, revoked};
 use crate::config::Config;
 use crate::connection_key::KeySigner;
@@ -32,8 +32,8 @@ pub struct Node {
     pub connections: Arc<Connections>,
     pub keys: KeySigner,
     pub admin_token: String,
-    /// TokenRequest nonces this node has accepted.
-    pub nonces: NonceCache,
+    /// TokenRequest nonces, accepted once per region.
+    pub nonces: Arc<RegionNonces>,
 }
 
 /// Live connections of this node, by connection id. The registry holds only each

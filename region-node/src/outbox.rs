@@ -73,6 +73,7 @@ impl Outbox {
         let queued = self.queued.fetch_add(len, Ordering::Relaxed) + len;
         if queued > self.limit {
             self.overflowed.store(true, Ordering::Relaxed);
+            metrics::counter!("starling_slow_consumers_disconnected_total").increment(1);
             // DISCONNECTED, not ERROR: the client may come back and read faster.
             let error = crate::error::AblyError::SlowConsumer.to_info();
             let _ = self.tx.send(Outgoing::Disconnect(error));

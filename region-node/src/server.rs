@@ -1,6 +1,7 @@
 //! Assembles a node from its configuration, binds its listeners and serves until
 //! shutdown.
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,24 +9,26 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use axum::serve::{Listener as _, ListenerExt};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::apps::AppRegistry;
+use crate::auth::nonce_claims::RegionNonces;
 use crate::bridge::{DialSettings, Dialer};
 use crate::config::Config;
 use crate::connection_key::KeySigner;
 use crate::control::ControlPlane;
 use crate::data_dir::DataDir;
 use crate::error::AblyError;
-use crate::mesh::{MemberInfo, Mesh, MeshSettings};
+use crate::mesh::{MemberInfo, Mesh, MeshInbound, MeshSettings};
 use crate::node::{now_ms, Connections, Node};
 use crate::observe;
 use crate::region::{BridgeLink, MeshLink, Region, RegionSettings};
-use crate::{dashboard, describe, health, rest, ws};
+use crate::{client_tls, dashboard, describe, health, rest, ws};
 use starling_proto::tls::TlsFiles;
 
 /// How long draining waits for clients to be told to go.
@@ -50,9 +53,16 @@ pub async fn build_node(
         .await
         .context("starting the control plane")?;
 
-    let (mesh, link) = match start_mesh(&config, client_addr, bridge_addr).await? {
-        Some((mesh, inbound)) => (Some(mesh.clone()), Some(MeshLink { mesh, inbound })),
-        None => (None, None),
+    let (mesh, link, nonces) = match start_mesh(&config, client_addr, bridge_addr).await? {
+        Some((mesh, inbound)) => {
+            let nonces = RegionNonces::start(mesh.clone(), inbound.nonces);
+            let link = MeshLink {
+                mesh: mesh.clone(),
+                inbound: inbound.channels,
+            };
+            (Some(mesh), Some(link), nonces)
+        }
+        None => (None, None, RegionNonces::alone()),
     };
     let settings = RegionSettings {
         node_id: config.node.id.clone(),
@@ -82,12 +92,10 @@ pub async fn build_node(
         connections,
         keys: KeySigner::new(&cluster_secret),
         admin_token,
-        nonces: Default::default(),
+        nonces,
         config,
     }))
 }
-
-type Inbound = tokio::sync::mpsc::UnboundedReceiver<(String, crate::region::msg::ChannelMsg)>;
 
 /// The dialing side of this node's bridges, when it has a bridge listener.
 fn bridge_link(
@@ -157,7 +165,7 @@ async fn start_mesh(
     config: &Config,
     client: SocketAddr,
     bridge: Option<SocketAddr>,
-) -> anyhow::Result<Option<(Mesh, Inbound)>> {
+) -> anyhow::Result<Option<(Mesh, MeshInbound)>> {
     let Some(listen) = config.mesh.listen else {
         return Ok(None);
     };
@@ -222,6 +230,11 @@ pub async fn serve(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    let tls_listener = match config.client_tls.listen {
+        Some(addr) => Some(client_tls::bind(&config.client_tls, addr).await?),
+        None => None,
+    };
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let node = build_node(config, client_addr, bridge_addr).await?;
     if let (Some(listener), Some(addr)) = (bridge_listener, bridge_addr) {
         let tls = node
@@ -246,6 +259,7 @@ pub async fn serve(
         for region in &mut described.regions {
             for described_node in &mut region.nodes {
                 described_node.bridge = bridge_addr.map(|a| a.to_string());
+                described_node.client_tls = tls_addr.map(|a| a.to_string());
             }
         }
         describe::write(path, &described).with_context(|| format!("writing {}", path.display()))?;
@@ -256,6 +270,7 @@ pub async fn serve(
         node.id = %node.config.node.id,
         region.id = %node.config.node.region,
         listen.client = %client_addr,
+        listen.client_tls = ?tls_addr,
         listen.mesh = ?node.mesh.as_ref().map(|m| m.local_addr()),
         listen.bridge = ?bridge_addr,
         "region node ready"
@@ -274,21 +289,44 @@ pub async fn serve(
             wait_for_connections_to_close(&node).await;
         }
     };
-    let app = router(node.clone(), metrics).into_make_service_with_connect_info::<SocketAddr>();
-    // Frames are small and latency matters more than packet count: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            debug!("could not set TCP_NODELAY: {error}");
+    let stopping = CancellationToken::new();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            draining.await;
+            stopping.cancel();
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(draining)
-        .await?;
+    let app = router(node.clone(), metrics);
+    let plain = axum::serve(
+        listener.tap_io(no_delay),
+        app.clone()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopping.clone().cancelled_owned());
+    match tls_listener {
+        Some(tls) => {
+            let secure = axum::serve(
+                tls.tap_io(|tls| no_delay(tls.get_mut().0)),
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopping.cancelled_owned());
+            tokio::try_join!(plain.into_future(), secure.into_future())?;
+        }
+        None => plain.await?,
+    }
     if let Some(mesh) = &node.mesh {
         mesh.leave().await;
     }
     info!("region node stopped");
     Ok(())
+}
+
+/// Frames are small and latency matters more than packet count: no Nagle delay.
+fn no_delay(tcp: &mut TcpStream) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        debug!("could not set TCP_NODELAY: {error}");
+    }
 }
 
 /// Gives connection tasks a moment to put their DISCONNECTED on the wire; the

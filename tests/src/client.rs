@@ -17,15 +17,20 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::wire::{self, action, Format};
 use crate::{Node, WAIT};
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// What a socket runs over: plain TCP, or TLS (see [`crate::tls`]).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+type Socket = WebSocketStream<Box<dyn Transport>>;
 
 /// One decoded frame: its JSON view and, for MessagePack frames, the value as sent.
 #[derive(Debug, Clone)]
@@ -49,14 +54,30 @@ impl Client {
     /// returns as soon as the upgrade succeeded, before any frame is read. `query` is
     /// used verbatim (encode values with [`encode_component`]).
     pub async fn open(addr: SocketAddr, query: &str, format: Format) -> anyhow::Result<Client> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        Client::open_over(Box::new(tcp), "ws", addr, query, format).await
+    }
+
+    /// Like [`Client::open`], over a transport already connected to `addr` (a TLS
+    /// stream, with `scheme` `wss`).
+    pub async fn open_over(
+        transport: Box<dyn Transport>,
+        scheme: &str,
+        addr: SocketAddr,
+        query: &str,
+        format: Format,
+    ) -> anyhow::Result<Client> {
         let mut full = String::new();
         if !query.is_empty() {
             write!(full, "{query}&")?;
         }
         write!(full, "format={}&v=6&heartbeats=false", format.query_value())?;
-        let url = format!("ws://{addr}/?{full}");
+        let url = format!("{scheme}://{addr}/?{full}");
 
-        let (socket, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
+        let handshake = tokio_tungstenite::client_async(url.as_str(), transport);
+        let (socket, response) = tokio::time::timeout(WAIT, handshake)
             .await
             .with_context(|| format!("upgrade of {url} timed out"))?
             .with_context(|| format!("WebSocket upgrade of {url}"))?;
@@ -111,8 +132,14 @@ impl Client {
         query: &str,
         format: Format,
     ) -> anyhow::Result<Client> {
-        let mut client = Client::open(addr, query, format).await?;
-        let first = client
+        let client = Client::open(addr, query, format).await?;
+        client.until_connected().await
+    }
+
+    /// Waits for the CONNECTED a freshly opened socket gets; an ERROR instead is a
+    /// failure carrying its error.
+    pub async fn until_connected(mut self) -> anyhow::Result<Client> {
+        let first = self
             .recv_until(
                 |f| is_action(f, action::CONNECTED) || is_action(f, action::ERROR),
                 WAIT,
@@ -122,8 +149,8 @@ impl Client {
         if !is_action(&first, action::CONNECTED) {
             bail!("expected CONNECTED, got {first}");
         }
-        client.connected = Some(first);
-        Ok(client)
+        self.connected = Some(first);
+        Ok(self)
     }
 
     /// Continues msgSerial numbering from `next` (a resumed connection keeps it).

@@ -11,16 +11,21 @@
 //! - [`Witness`]: a bystander subscriber that proves a node still serves others after
 //!   some client misbehaved.
 //! - [`federation`]: `region-node dev` started, described and cleaned up.
+//! - [`dev`]: a region of several nodes started by `region-node dev`; SIGKILL one.
 //! - [`global`]: a global master group of real processes, for nodes that use one.
 //! - [`rest`]: Basic auth, `Link` header parsing and MessagePack bodies for REST tests.
+//! - [`tls`]: a test CA, certificates for the client TLS listener, and wss/https
+//!   clients that trust that CA and report the certificate they were shown.
 //! - [`token`]: signed TokenRequests, `requestToken` and `revokeTokens`.
 
 pub mod client;
+pub mod dev;
 pub mod federation;
 pub mod global;
 pub mod node;
 pub mod proxy;
 pub mod rest;
+pub mod tls;
 pub mod token;
 pub mod wire;
 pub mod witness;

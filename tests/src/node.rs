@@ -51,6 +51,9 @@ pub struct DescribedNode {
     pub id: String,
     pub pid: u32,
     pub client: String,
+    /// The client TLS listener, when the node has one.
+    #[serde(default)]
+    pub client_tls: Option<String>,
 }
 
 /// Extra command-line arguments, environment variables and configuration for a node.
@@ -132,6 +135,34 @@ impl Node {
         node.client
             .parse()
             .unwrap_or_else(|_| panic!("describe file has a bad client address {node:?}"))
+    }
+
+    /// Where clients connect over TLS (wss and https); fails for a node without a
+    /// client TLS listener.
+    pub fn tls_addr(&self) -> anyhow::Result<SocketAddr> {
+        let node = &self.describe.regions[0].nodes[0];
+        let addr = node
+            .client_tls
+            .as_deref()
+            .with_context(|| format!("node has no client TLS listener: {node:?}"))?;
+        addr.parse()
+            .with_context(|| format!("describe file has a bad TLS address {addr:?}"))
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.describe.regions[0].nodes[0].pid
+    }
+
+    /// The node's resident memory (`VmRSS` in `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .context("reading the node's /proc status")?;
+        let line = (status.lines())
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS line")?;
+        let kib = line.split_whitespace().nth(1).context("VmRSS value")?;
+        kib.parse().context("VmRSS in KiB")
     }
 
     /// The first key of the first app, `appId.keyId:secret`.

@@ -1,5 +1,5 @@
 //! The `[limits]` a client can run into: the publish rate (NACK 42911), a flood of
-//! frames (DISCONNECTED 42911), channels per connection (channel ERROR 90010) and
+//! frames (DISCONNECTED 42910), channels per connection (channel ERROR 90010) and
 //! connections per node (DISCONNECTED 80003/503 inside the accepted socket). Each is
 //! answered to the offending client only: a witness connected all along keeps
 //! receiving, and the node keeps running (protocol.md §6; design.md, promise 5).
@@ -107,12 +107,12 @@ async fn expect_sent_away_for_flooding(flooder: &mut Client) -> Result<()> {
         "retriable DISCONNECTED: {frame}"
     );
     ensure!(frame.get("channel").is_none(), "{frame}");
-    ensure_error(&frame, 42911, 429)?;
+    ensure_error(&frame, 42910, 429)?;
     flooder.expect_closed(WAIT).await
 }
 
 #[tokio::test]
-async fn a_connection_that_keeps_flooding_is_disconnected_with_42911() -> Result<()> {
+async fn a_connection_that_keeps_flooding_is_disconnected_with_42910() -> Result<()> {
     // Flood budget: 3 channels + a burst of 5 + 3 s at three times 5/s = 53 frames.
     let node = node_with_limits(&[
         ("max_inbound_rate", "5"),

@@ -1,5 +1,5 @@
 //! Logs never contain a key secret, a token or the admin token (architecture.md,
-//! Invariants), even at `debug` and even when a client puts a secret where it does
+//! Invariants), even at `debug` or `trace` and even when a client puts a secret where it does
 //! not belong. One node runs every authentication path the tests know, then its log
 //! is searched for each secret it saw.
 
@@ -199,7 +199,21 @@ async fn misplace_a_token(node: &Node, secrets: &mut Secrets) -> Result<()> {
 
 #[tokio::test]
 async fn debug_logs_show_no_key_secret_token_or_admin_token() -> Result<()> {
-    let node = Node::start_with(NodeOptions::default().env("RUST_LOG", "debug")).await?;
+    logs_at_level_show_no_secret("debug", "DEBUG").await
+}
+
+/// At `trace` the WebSocket library would log every frame it reads, in-band AUTH
+/// tokens included; the node caps it (and tokio-tungstenite) at `info` unless
+/// `RUST_LOG` names them itself.
+#[tokio::test]
+async fn trace_logs_show_no_key_secret_token_or_admin_token() -> Result<()> {
+    logs_at_level_show_no_secret("trace", "TRACE").await
+}
+
+/// Runs every path that hands the node a secret with `RUST_LOG=level`, then searches
+/// the log (which must hold lines marked `marker`, or the search proves nothing).
+async fn logs_at_level_show_no_secret(level: &str, marker: &str) -> Result<()> {
+    let node = Node::start_with(NodeOptions::default().env("RUST_LOG", level)).await?;
     let mut secrets = Secrets::default();
     secrets.add("the node's key secret", secret_of(node.key()));
     secrets.add("the admin token", node.admin_token());
@@ -215,12 +229,12 @@ async fn debug_logs_show_no_key_secret_token_or_admin_token() -> Result<()> {
     use_tokens(&node, &mut secrets).await?;
     misplace_a_token(&node, &mut secrets).await?;
 
-    eprintln!("phase: the log, at debug, shows none of them");
+    eprintln!("phase: the log, at {level}, shows none of them");
     node.assert_running()?;
     let log = node.log();
     ensure!(
-        log.contains("DEBUG") && log.contains("re-authorised"),
-        "the log was not written at debug, so the search proves nothing"
+        log.contains(marker) && log.contains("re-authorised"),
+        "the log was not written at {level}, so the search proves nothing"
     );
     secrets.ensure_absent_from(&log)
 }

@@ -4,13 +4,17 @@
 //! - `token`: Starling's own self-contained tokens, signed with the key's secret.
 //! - `jwt`: Ably JWTs, HS256 under the key's secret, accepted as tokens too.
 //! - `token_request`: the signed requests clients exchange for a token.
-//! - `nonce`: the TokenRequest nonces this node has accepted.
+//! - `nonce`: the TokenRequest nonces this node remembers.
+//! - `nonce_claims`: a nonce accepted once per region, claimed at its owner on the
+//!   ring over the mesh.
 //!
-//! Every check is local: the key comes from the app registry, revocations from the
-//! node's copy of the global master's catalog. No node asks another.
+//! Every check of a credential is local: the key comes from the app registry,
+//! revocations from the node's copy of the global master's catalog. The one question
+//! a node asks another is whether a TokenRequest's nonce was used before.
 
 pub mod jwt;
 pub mod nonce;
+pub mod nonce_claims;
 pub mod token;
 pub mod token_request;
 

@@ -1,10 +1,6 @@
-//! TokenRequest nonces this node has accepted, remembered as long as the request's
-//! timestamp could still pass the window, so a captured request cannot be replayed
-//! against this node.
-//!
-//! TODO: nonces are remembered per node, not per region: a request captured on its
-//! way to one node can be replayed once against each other node of the region within
-//! the timestamp window. Closing that needs the nonce shared over the mesh.
+//! The TokenRequest nonces this node remembers (as their owner on the ring, or as the
+//! owner's copy holder, see `nonce_claims`), each as long as its request's timestamp
+//! could still pass the window. That window bounds the memory.
 
 use std::collections::{HashSet, VecDeque};
 

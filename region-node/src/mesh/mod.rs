@@ -28,6 +28,7 @@ use membership::Membership;
 pub use membership::MeshView;
 pub use wire::{MemberInfo, MeshMsg};
 
+use crate::auth::nonce_claims::NonceMsg;
 use crate::node::now_ms;
 use crate::region::msg::ChannelMsg;
 use crate::tls::{self, TlsFiles};
@@ -64,6 +65,14 @@ struct Inner {
     leaving: AtomicBool,
     /// Channel traffic from peers, for the region task.
     inbound: mpsc::UnboundedSender<(String, ChannelMsg)>,
+    /// Nonce claims from peers, for the node's `RegionNonces`.
+    nonces: mpsc::UnboundedSender<(String, NonceMsg)>,
+}
+
+/// What peers send this node, by who handles it.
+pub struct MeshInbound {
+    pub channels: mpsc::UnboundedReceiver<(String, ChannelMsg)>,
+    pub nonces: mpsc::UnboundedReceiver<(String, NonceMsg)>,
 }
 
 struct State {
@@ -87,7 +96,7 @@ impl Mesh {
     pub async fn start(
         settings: MeshSettings,
         mut me: MemberInfo,
-    ) -> anyhow::Result<(Mesh, mpsc::UnboundedReceiver<(String, ChannelMsg)>)> {
+    ) -> anyhow::Result<(Mesh, MeshInbound)> {
         let mut server = tls::mesh_server_config(&settings.tls)?;
         server.transport_config(transport(&settings));
         let mut client = tls::mesh_client_config(&settings.tls)?;
@@ -100,7 +109,8 @@ impl Mesh {
 
         let membership = Membership::new(me);
         let (view_tx, _) = watch::channel(membership.view());
-        let (inbound, inbound_rx) = mpsc::unbounded_channel();
+        let (inbound, channels) = mpsc::unbounded_channel();
+        let (nonces, nonces_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             endpoint,
             settings,
@@ -113,21 +123,35 @@ impl Mesh {
             next_link: AtomicU64::new(1),
             leaving: AtomicBool::new(false),
             inbound,
+            nonces,
         });
 
         tokio::spawn(accept_loop(inner.clone()));
         tokio::spawn(dial_loop(inner.clone()));
-        Ok((Mesh { inner }, inbound_rx))
+        let inbound = MeshInbound {
+            channels,
+            nonces: nonces_rx,
+        };
+        Ok((Mesh { inner }, inbound))
     }
 
     /// Sends channel traffic to a peer over its link. Returns false when there is no
     /// link: the region task learns of the loss from the view and acts on that.
     pub fn send(&self, peer: &str, msg: ChannelMsg) -> bool {
+        self.send_msg(peer, &MeshMsg::Channel(msg))
+    }
+
+    /// Sends a nonce claim or answer to a peer; false when there is no link.
+    pub fn send_nonce(&self, peer: &str, msg: NonceMsg) -> bool {
+        self.send_msg(peer, &MeshMsg::Nonce(msg))
+    }
+
+    fn send_msg(&self, peer: &str, msg: &MeshMsg) -> bool {
         let state = self.inner.state.lock();
         let Some(link) = state.links.get(peer) else {
             return false;
         };
-        link.tx.send(wire::encode(&MeshMsg::Channel(msg))).is_ok()
+        link.tx.send(wire::encode(msg)).is_ok()
     }
 
     pub fn me(&self) -> MemberInfo {
@@ -415,13 +439,20 @@ async fn read_loop(inner: Arc<Inner>, peer: String, mut reader: Reader) {
 }
 
 fn on_message(inner: &Inner, peer: &str, msg: MeshMsg) {
-    if let MeshMsg::Channel(msg) = msg {
-        let _ = inner.inbound.send((peer.to_owned(), msg));
-        return;
-    }
+    let msg = match msg {
+        MeshMsg::Channel(msg) => {
+            let _ = inner.inbound.send((peer.to_owned(), msg));
+            return;
+        }
+        MeshMsg::Nonce(msg) => {
+            let _ = inner.nonces.send((peer.to_owned(), msg));
+            return;
+        }
+        other => other,
+    };
     let mut state = inner.state.lock();
     match msg {
-        MeshMsg::Channel(_) => unreachable!("handled above"),
+        MeshMsg::Channel(_) | MeshMsg::Nonce(_) => unreachable!("handled above"),
         MeshMsg::Hello { members, .. } | MeshMsg::Gossip { members } => {
             let now = now_ms() as u64;
             members

@@ -47,6 +47,8 @@ pub enum MeshMsg {
     Leave { id: String, incarnation: u64 },
     /// Channel traffic between ChannelClients, masters and copy holders.
     Channel(crate::region::msg::ChannelMsg),
+    /// TokenRequest nonce claims, so a nonce is accepted once per region.
+    Nonce(crate::auth::nonce_claims::NonceMsg),
 }
 
 pub fn codec() -> LengthDelimitedCodec {

@@ -706,6 +706,7 @@ async fn run(
             }
             _ = ticker.tick() => {
                 state.set_clock(now_ms());
+                state.set_silent_regions(control.silent_regions());
                 state.tick();
             }
         }

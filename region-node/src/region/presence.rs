@@ -46,6 +46,8 @@ pub(super) struct PresenceSettings {
     /// The mesh's failure timeout: a dead node was last heard this long before its
     /// death was noticed.
     pub detect_ms: i64,
+    /// Regions the global master stopped hearing from, and when it last did.
+    pub silent_regions: Vec<(String, i64)>,
 }
 
 impl Default for PresenceSettings {
@@ -53,6 +55,7 @@ impl Default for PresenceSettings {
         Self {
             max_members: 20_000,
             detect_ms: 3_000,
+            silent_regions: Vec::new(),
         }
     }
 }
@@ -67,10 +70,15 @@ pub(super) struct GoneConn {
 
 impl RegionState {
     pub fn set_presence(&mut self, max_members: usize, detect_ms: i64) {
-        self.presence = PresenceSettings {
-            max_members,
-            detect_ms,
-        };
+        self.presence.max_members = max_members;
+        self.presence.detect_ms = detect_ms;
+    }
+
+    /// Regions without a lease (see `ControlPlane::silent_regions`): their nodes sent
+    /// their clients away, so the members they held leave here as if their nodes had
+    /// died when the region was last heard from.
+    pub fn set_silent_regions(&mut self, silent: Vec<(String, i64)>) {
+        self.presence.silent_regions = silent;
     }
 
     fn holder(&self) -> Holder {
@@ -155,6 +163,17 @@ impl RegionState {
         }
     }
 
+    /// Members held in regions the global master no longer hears from leave their
+    /// grace after it last did.
+    fn leave_silent_regions(&mut self, channel: &str) {
+        let Some(slot) = self.masters.get_mut(channel) else {
+            return;
+        };
+        for (region, heard_ms) in &self.presence.silent_regions {
+            slot.core.members_mut().alive(region, &[], *heard_ms);
+        }
+    }
+
     /// Sequences the LEAVE of every member whose time has come.
     fn leave_due(&mut self, channel: &str) {
         let now = self.now_ms;
@@ -201,6 +220,7 @@ impl RegionState {
     pub(super) fn tick_presence(&mut self) {
         let masters: Vec<String> = self.masters.keys().cloned().collect();
         for channel in masters {
+            self.leave_silent_regions(&channel);
             self.leave_due(&channel);
         }
         let now = self.now_ms;

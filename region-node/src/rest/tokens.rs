@@ -16,6 +16,7 @@ use super::auth::authenticate;
 use super::request::{Params, RestBody};
 use super::response::{Negotiation, Reply};
 use crate::apps::Key;
+use crate::auth::nonce_claims::NonceClaim;
 use crate::auth::token_request::{TokenRequest, TIMESTAMP_WINDOW_MS};
 use crate::auth::{find_key, issue, Identity, TokenDetails, TokenParams};
 use crate::error::AblyError;
@@ -65,7 +66,7 @@ pub async fn request_token(
     body: RestBody,
 ) -> Response {
     let params = Params::parse(query.as_deref());
-    let result = try_request_token(&node, key_name, &headers, &params, &body);
+    let result = try_request_token(&node, key_name, &headers, &params, &body).await;
     negotiation.respond(result.map(Reply::ok))
 }
 
@@ -82,7 +83,7 @@ pub async fn revoke_tokens(
     negotiation.respond(result.map(Reply::ok))
 }
 
-fn try_request_token(
+async fn try_request_token(
     node: &Node,
     key_name: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
@@ -98,7 +99,7 @@ fn try_request_token(
 
     let now = now_ms();
     let details = if request.is_signed() {
-        let key = check_signed(node, &key_name, &request, now)?;
+        let key = check_signed(node, &key_name, &request, now).await?;
         issue(&key, &key.capability, token_params(&request)?, now)?
     } else {
         let caller = authenticate(node, headers, params)?;
@@ -115,8 +116,9 @@ fn try_request_token(
 }
 
 /// A signed request: the mac first (nothing else is said to whoever lacks the key),
-/// then the timestamp window, then the nonce, recorded only for a request that passed.
-fn check_signed(
+/// then the timestamp window, then the nonce, claimed for the region only for a
+/// request that passed.
+async fn check_signed(
     node: &Node,
     key_name: &str,
     request: &TokenRequest,
@@ -138,8 +140,12 @@ fn check_signed(
             reason: "a signed token request needs a nonce".into(),
         });
     }
-    let forget_at = timestamp.max(now) + TIMESTAMP_WINDOW_MS;
-    if !node.nonces.first_use(key_name, nonce, now, forget_at) {
+    let claim = NonceClaim {
+        key_name: key_name.to_owned(),
+        nonce: nonce.to_owned(),
+        forget_at_ms: timestamp.max(now) + TIMESTAMP_WINDOW_MS,
+    };
+    if !node.nonces.first_use(claim).await {
         return Err(AblyError::NonceReplayed);
     }
     Ok(key)

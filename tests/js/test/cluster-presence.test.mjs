@@ -11,7 +11,9 @@
 // 2. SIGKILL the eu node that masters the channel and holds one member: a new master
 //    takes over with the set intact; that member leaves in both regions within its
 //    grace, and no one else leaves or enters again.
-// 3. Before that, a client whose transport drops resumes on another node (the
+// 3. SIGKILL every us node: the global master stops hearing the region, so it has
+//    lost its lease and sent its clients away; its last member leaves in eu.
+// 4. Before all that, a client whose transport drops resumes on another node (the
 //    region's entry balances round robin): same connectionId, and no LEAVE for it
 //    in all the time the test runs after (more than its grace).
 
@@ -86,6 +88,16 @@ describe('cluster presence: two regions of three nodes', () => {
       await until(async () => JSON.stringify(await memberIds(ch)) === JSON.stringify(everyone),
         `all 251 members on ${node.id}`, SLOW_MS, 250);
     }
+
+    // REST through a node of the other region reads them at the home, page by page.
+    const euRest = new Ably.Rest(eu.nodes[0].options(MSGPACK));
+    let page = await euRest.channels.get(name).presence.get({ limit: 100 });
+    const listed = [...page.items];
+    while (page.hasNext()) {
+      page = await page.next();
+      listed.push(...page.items);
+    }
+    assert.deepEqual(listed.map((m) => m.clientId).sort(), everyone);
   });
 
   it('one member set everywhere; a dead node\'s members leave in both regions; a master failover keeps the set', TEST_TIMEOUT, async () => {
@@ -193,5 +205,17 @@ describe('cluster presence: two regions of three nodes', () => {
     assert.deepEqual(enters, [], 'no member entered again');
     assert.deepEqual(await memberIds(euSeen), rest);
     assert.deepEqual(await memberIds(usSeen), rest);
+
+    // 3. The whole us region dies: the global master stops hearing it, so its lease
+    // is gone and its clients were sent away; erin leaves in eu.
+    const usKilledAt = Date.now();
+    for (const node of us.nodes.filter((n) => n.alive())) node.signal('SIGKILL');
+    for (const node of us.nodes) await node.waitExit(`${node.id} to exit`);
+    await until(() => leaves.some((l) => l.region === 'eu' && l.clientId === 'erin'),
+      'erin to leave in eu', 45_000, 200)
+      .catch((e) => { e.message += ` (leaves seen: ${JSON.stringify(leaves)})`; throw e; });
+    const erinLeft = leaves.find((l) => l.region === 'eu' && l.clientId === 'erin').at - usKilledAt;
+    assert.ok(erinLeft <= 40_000, `erin left ${erinLeft} ms after her region died`);
+    assert.deepEqual(await memberIds(euSeen), ['bob', 'carol', 'hopper']);
   });
 });

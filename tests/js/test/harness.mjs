@@ -71,7 +71,9 @@ export async function until(fn, what, ms = DEADLINE_MS, intervalMs = 50) {
  * A running region-node. Use `startNode()`; always call `stop()` in an after hook.
  */
 export class NodeProcess {
-  constructor() {
+  /** `env`: extra environment for the node, such as `STARLING_*` configuration. */
+  constructor(env = {}) {
+    this.env = env;
     this.dir = mkdtempSync(join(tmpdir(), 'starling-js-'));
     this.dataDir = join(this.dir, 'data');
     this.describePath = join(this.dir, 'describe.json');
@@ -93,7 +95,7 @@ export class NodeProcess {
     const log = openSync(this.logPath, 'a');
     const child = spawn(bin, args, {
       stdio: ['ignore', log, log],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' },
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info', ...this.env },
     });
     closeSync(log);
     this.child = child;
@@ -181,6 +183,13 @@ export class NodeProcess {
     return Number(this.client.slice(this.client.lastIndexOf(':') + 1));
   }
 
+  /** The client TLS listener's port, for a node started with `[client_tls]`. */
+  get tlsPort() {
+    const tls = this.describe.regions[0].nodes[0].client_tls;
+    if (!tls) throw new Error('this node has no client TLS listener');
+    return Number(tls.slice(tls.lastIndexOf(':') + 1));
+  }
+
   get baseUrl() {
     return `http://${this.client}`;
   }
@@ -209,8 +218,8 @@ process.on('exit', () => {
   }
 });
 
-export async function startNode() {
-  const node = new NodeProcess();
+export async function startNode(env = {}) {
+  const node = new NodeProcess(env);
   try {
     return await node.start();
   } catch (e) {

@@ -82,6 +82,19 @@ for (const format of FORMATS) {
         assert.equal(left[0].clientId, 'bob');
         assert.deepEqual(await memberIds(seen), ['alice']);
 
+        // Detaching leaves at once.
+        const carol = await connectedClient(node, format, { clientId: 'carol' });
+        try {
+          const carolChannel = carol.channels.get(name);
+          await carolChannel.presence.enter();
+          await until(() => entered.some((m) => m.clientId === 'carol'), 'carol to enter');
+          await within(carolChannel.detach(), 'carol detaches');
+          await until(() => left.some((m) => m.clientId === 'carol'), 'a LEAVE on detach', 5_000);
+        } finally {
+          closeAll(carol);
+        }
+        left.splice(0, left.length, ...left.filter((m) => m.clientId !== 'carol'));
+
         // Closing leaves at once, well inside the grace of an abrupt loss.
         const closedAt = Date.now();
         alice.close();
