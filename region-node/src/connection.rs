@@ -363,21 +363,7 @@ impl Connection {
         messages: Vec<Message>,
         msg_serial: i64,
     ) -> Result<oneshot::Receiver<Outcome>, AblyError> {
-        validate_name(name)?;
-        if !self.identity.capability.allows(name, "publish") {
-            return Err(AblyError::CapabilityDenied {
-                op: "publish",
-                channel: name.into(),
-            });
-        }
-        if let Some(attachment) = self.attached.get(name) {
-            if attachment.modes & flags::PUBLISH == 0 {
-                return Err(AblyError::ModeNotRequested {
-                    mode: "publish",
-                    channel: name.into(),
-                });
-            }
-        }
+        self.may(name, "publish", flags::PUBLISH)?;
 
         let limits = &self.node.config.limits;
         let messages = prepare_messages(messages, self.identity.client_id.as_deref(), limits)?;
@@ -388,6 +374,26 @@ impl Connection {
             Some(self.id().to_owned()),
         );
         Ok(self.node.region.publish(&self.key(name), publish))
+    }
+
+    /// Whether the connection may do `op` (`publish` or `presence`) on `name`: its
+    /// capability allows it (40160), and an attachment requested its `mode` (40165).
+    /// Publishing without attaching is allowed (RTL6c5).
+    fn may(&self, name: &str, op: &'static str, mode: i64) -> Result<(), AblyError> {
+        validate_name(name)?;
+        if !self.identity.capability.allows(name, op) {
+            return Err(AblyError::CapabilityDenied {
+                op,
+                channel: name.into(),
+            });
+        }
+        match self.attached.get(name) {
+            Some(attachment) if attachment.modes & mode == 0 => Err(AblyError::ModeNotRequested {
+                mode: op,
+                channel: name.into(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Enter, update or leave (for this connection's clientId, or any clientId for a
@@ -419,21 +425,7 @@ impl Connection {
         events: Vec<crate::protocol::PresenceMessage>,
         msg_serial: i64,
     ) -> Result<oneshot::Receiver<Outcome>, AblyError> {
-        validate_name(name)?;
-        if !self.identity.capability.allows(name, "presence") {
-            return Err(AblyError::CapabilityDenied {
-                op: "presence",
-                channel: name.into(),
-            });
-        }
-        if let Some(attachment) = self.attached.get(name) {
-            if attachment.modes & flags::PRESENCE == 0 {
-                return Err(AblyError::ModeNotRequested {
-                    mode: "presence",
-                    channel: name.into(),
-                });
-            }
-        }
+        self.may(name, "presence", flags::PRESENCE)?;
         // A wildcard token that chose no clientId may act as any (enterClient).
         let wildcard =
             (self.identity.token.as_ref()).is_some_and(|t| t.client_id.as_deref() == Some("*"));

@@ -256,8 +256,11 @@ impl RegionState {
                         .filter(|e| e.position > from)
                         .cloned()
                         .collect();
-                    let sync = (position, &members);
-                    replay(&waiting, name, &after, from, flags::RESUMED, sync);
+                    let listed = waiting
+                        .subscriber
+                        .sync_always
+                        .then_some((position, &members));
+                    replay(&waiting, name, &after, from, flags::RESUMED, listed);
                     Resume::Replayed
                 }
                 (Start::Rewind(rewind), _) => {
@@ -278,8 +281,8 @@ impl RegionState {
                     } else {
                         flags::HAS_BACKLOG
                     };
-                    let sync = (position, &members);
-                    replay_rewound(&waiting, name, chosen, from, backlog, sync);
+                    let listed = Some((position, &members));
+                    replay(&waiting, name, chosen, from, backlog, listed);
                     Resume::Replayed
                 }
             };
@@ -579,56 +582,32 @@ fn wants_sync(modes: i64, members: &Members) -> bool {
 
 /// ATTACHED (with `flag`: RESUMED for a resume, HAS_BACKLOG for a rewind) at the
 /// serial the attachment continues from, then `entries`, to this attachment alone.
-/// A bridge's attachment (`sync_always`) also gets the members as of `sync.0`, before
-/// the replay: applying the replayed events to them again changes nothing.
+/// With `members` (a rewind, or a bridge's attachment, whose relay may have restarted
+/// from an earlier position), HAS_PRESENCE and a SYNC of the members as of its
+/// position come first when there are any: applying the replayed events to them
+/// again changes nothing.
 fn replay(
     waiting: &Waiting,
     channel: &str,
     entries: &[Entry],
     from: Position,
     flag: i64,
-    sync: (Position, &Vec<PresenceMessage>),
+    members: Option<(Position, &Vec<PresenceMessage>)>,
 ) {
     let sub = &waiting.subscriber;
-    let mut members = Members::default();
-    if sub.sync_always {
-        members.replace(sync.1.clone());
+    let mut listed = Members::default();
+    if let Some((_, present)) = members {
+        listed.replace(present.clone());
     }
-    let with_sync = wants_sync(sub.modes, &members);
+    let with_sync = wants_sync(sub.modes, &listed);
     let mut attached = waiting.attached.clone();
     attached.channel_serial = Some(from.to_string());
     let presence = if with_sync { flags::HAS_PRESENCE } else { 0 };
     attached.flags = Some(attached.flags.unwrap_or(0) | flag | presence);
     sub.outbox
         .send_frame(codec::encode(&attached, sub.outbox.format));
-    if with_sync {
-        send_sync(&sub.outbox, channel, &members, sync.0);
-    }
-    send_entries(sub, channel, entries);
-}
-
-/// A rewound first attach: ATTACHED with HAS_BACKLOG (and HAS_PRESENCE with a SYNC of
-/// the members as of `sync.0` when there are any), then the chosen messages.
-fn replay_rewound(
-    waiting: &Waiting,
-    channel: &str,
-    entries: &[Entry],
-    from: Position,
-    flag: i64,
-    sync: (Position, &Vec<PresenceMessage>),
-) {
-    let sub = &waiting.subscriber;
-    let mut members = Members::default();
-    members.replace(sync.1.clone());
-    let with_sync = wants_sync(sub.modes, &members);
-    let mut attached = waiting.attached.clone();
-    attached.channel_serial = Some(from.to_string());
-    let presence = if with_sync { flags::HAS_PRESENCE } else { 0 };
-    attached.flags = Some(attached.flags.unwrap_or(0) | flag | presence);
-    sub.outbox
-        .send_frame(codec::encode(&attached, sub.outbox.format));
-    if with_sync {
-        send_sync(&sub.outbox, channel, &members, sync.0);
+    if let (true, Some((at, _))) = (with_sync, members) {
+        send_sync(&sub.outbox, channel, &listed, at);
     }
     send_entries(sub, channel, entries);
 }
