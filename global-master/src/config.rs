@@ -266,7 +266,7 @@ pub enum ConfigError {
     #[error("configuration file {path} not found")]
     Missing { path: PathBuf },
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    Invalid(String),
     #[error("invalid configuration: {0}")]
     Semantic(String),
 }
@@ -309,7 +309,9 @@ pub fn load_with_env(file: Option<&Path>, env: &[(String, String)]) -> Result<Lo
         figment = figment.merge(Serialized::default(&path, value));
     }
 
-    let config: Config = figment.extract().map_err(Box::new)?;
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Invalid(explain(e)))?;
     warnings.extend(layout_warnings(&config.cluster));
     Ok(Loaded { config, warnings })
 }
@@ -341,6 +343,30 @@ fn layout_warnings(cluster: &ClusterConfig) -> Vec<String> {
         ));
     }
     warnings
+}
+
+/// Figment's errors as an operator reads them: the key (without figment's profile
+/// name), what is wrong with it, and where the value came from; one line per error.
+fn explain(errors: figment::Error) -> String {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".");
+            let mut what = error.kind.to_string();
+            if what.contains("socket address") {
+                what.push_str(" (expected an IP address and port, such as \"127.0.0.1:8080\")");
+            }
+            let source = (error.metadata.as_ref())
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (from {s})"))
+                .unwrap_or_default();
+            match key.is_empty() {
+                true => format!("{what}{source}"),
+                false => format!("{key}: {what}{source}"),
+            }
+        })
+        .collect();
+    lines.join("; ")
 }
 
 /// Separates `STARLING_*` variables that name a configuration key from those that
@@ -389,6 +415,34 @@ fn known_keys(defaults: &Config) -> Vec<(String, bool)> {
         }
     }
     keys
+}
+
+/// Checks that the certificate files exist and can be read, naming the key that is
+/// wrong. Apart from [`validate`] because it looks at the filesystem.
+pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+    let tls = &config.tls;
+    let files = [
+        ("tls.ca_cert", "CA certificate", &tls.ca_cert),
+        ("tls.cert", "certificate", &tls.cert),
+        ("tls.key", "private key", &tls.key),
+    ];
+    for (key, what, path) in files {
+        let Some(path) = path else { continue };
+        let problem = match std::fs::File::open(path) {
+            Ok(file) => match file.metadata() {
+                Ok(meta) if meta.is_file() => continue,
+                Ok(_) => "is not a file".to_owned(),
+                Err(error) => error.to_string(),
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => "not found".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        return Err(ConfigError::Semantic(format!(
+            "{key}: {what} file {} {problem}",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks what the types cannot.

@@ -88,6 +88,22 @@ impl Embedded {
         &self.reader
     }
 
+    /// This member's view of its group of one, as Status reports it.
+    pub async fn status(&self) -> starling_proto::global::StatusReply {
+        self.member(BTreeMap::new()).status().await
+    }
+
+    fn member(&self, http_addrs: BTreeMap<NodeId, String>) -> Member {
+        Member {
+            id: MEMBER_ID,
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+            http_addrs,
+            request_timeout: WRITE_TIMEOUT,
+            stopping: self.stop.subscribe(),
+        }
+    }
+
     /// Serves the Control API (writes, reads, watch, status) on `addr` under mutual
     /// TLS, so other processes (the nodes a dev launcher starts) share this member.
     /// Returns the bound address; serving stops when the process does.
@@ -100,14 +116,7 @@ impl Embedded {
             .await
             .with_context(|| format!("binding the embedded global master on {addr}"))?;
         let bound = listener.local_addr()?;
-        let member = Arc::new(Member {
-            id: MEMBER_ID,
-            raft: self.raft.clone(),
-            reader: self.reader.clone(),
-            http_addrs: BTreeMap::new(),
-            request_timeout: WRITE_TIMEOUT,
-            stopping: self.stop.subscribe(),
-        });
+        let member = Arc::new(self.member(BTreeMap::new()));
 
         let router = Server::builder()
             .tls_config(server_tls(tls)?)

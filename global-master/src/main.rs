@@ -25,6 +25,8 @@ use tracing_subscriber::EnvFilter;
 
 /// The exit code of a request the group could not answer in time (sysexits' TEMPFAIL).
 const EXIT_RETRIABLE: u8 = 75;
+/// The exit code of a configuration that is not valid (sysexits' CONFIG).
+const EXIT_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +56,10 @@ struct RunArgs {
     /// Override `log.format` (`text` or `json`).
     #[arg(long)]
     log_format: Option<String>,
+    /// Check the configuration (file, environment and flags, and that the certificate
+    /// files can be read), print the result and exit: 0 when it is valid, 78 when not.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +254,10 @@ fn main() -> ExitCode {
             );
             ExitCode::from(EXIT_RETRIABLE)
         }
+        Err(error) if error.downcast_ref::<config::ConfigError>().is_some() => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -431,14 +441,26 @@ fn run_member(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.member.data_dir = dir;
     }
-    if let Some(format) = args.log_format {
+    if let Some(format) = &args.log_format {
         config.log.format = match format.as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
-            other => anyhow::bail!("unknown log format {other:?} (text or json)"),
+            other => {
+                let why = format!("--log-format {other:?}: expected text or json");
+                return Err(config::ConfigError::Semantic(why).into());
+            }
         };
     }
     config::validate(&config)?;
+    config::check_files(&config)?;
+    if args.check_config {
+        for warning in &loaded.warnings {
+            println!("warning: {warning}");
+        }
+        let source = (args.config.as_ref()).map_or("defaults".into(), |p| p.display().to_string());
+        println!("configuration OK: {source}");
+        return Ok(());
+    }
 
     init_tracing(&config.log);
     for warning in loaded.warnings {

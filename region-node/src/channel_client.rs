@@ -27,6 +27,9 @@ pub struct Subscriber {
 #[derive(Default)]
 pub struct ChannelClient {
     subscribers: Vec<Subscriber>,
+    /// Messages delivered to local subscribers, one per message and subscriber: what
+    /// ranks the busiest channels on the dashboard.
+    delivered: u64,
 }
 
 /// Occupancy counts (the `metrics` of ChannelDetails).
@@ -88,6 +91,12 @@ impl ChannelClient {
             flags::SUBSCRIBE
         };
 
+        // A presence frame counts its presence messages.
+        let messages = match presence {
+            true => frame.presence.as_ref().map_or(1, Vec::len),
+            false => frame.messages.as_ref().map_or(1, Vec::len),
+        };
+        let mut delivered = 0;
         for sub in &self.subscribers {
             if sub.modes & mode == 0 {
                 continue;
@@ -100,7 +109,15 @@ impl ChannelClient {
                 Format::Msgpack => msgpack.get_or_init(|| codec::encode(frame, Format::Msgpack)),
             };
             sub.outbox.send_frame(Encoded::clone(encoded));
+            crate::observe::delivered(messages);
+            delivered += messages as u64;
         }
+        self.delivered += delivered;
+    }
+
+    /// Messages delivered to local subscribers so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
     }
 
     pub fn occupancy(&self) -> Occupancy {

@@ -389,7 +389,7 @@ pub enum ConfigError {
     #[error("configuration file {path} not found")]
     Missing { path: PathBuf },
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    Invalid(String),
     #[error("invalid configuration: {0}")]
     Semantic(String),
 }
@@ -435,9 +435,35 @@ pub fn load_with_env(file: Option<&Path>, env: &[(String, String)]) -> Result<Lo
         figment = figment.merge(Serialized::default(&path, value));
     }
 
-    let config: Config = figment.extract().map_err(Box::new)?;
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Invalid(explain(e)))?;
     validate(&config)?;
     Ok(Loaded { config, warnings })
+}
+
+/// Figment's errors as an operator reads them: the key (without figment's profile
+/// name), what is wrong with it, and where the value came from; one line per error.
+fn explain(errors: figment::Error) -> String {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".");
+            let mut what = error.kind.to_string();
+            if what.contains("socket address") {
+                what.push_str(" (expected an IP address and port, such as \"127.0.0.1:8080\")");
+            }
+            let source = (error.metadata.as_ref())
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (from {s})"))
+                .unwrap_or_default();
+            match key.is_empty() {
+                true => format!("{what}{source}"),
+                false => format!("{key}: {what}{source}"),
+            }
+        })
+        .collect();
+    lines.join("; ")
 }
 
 /// Separates `STARLING_*` variables that name a configuration key from those that
@@ -562,6 +588,43 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Checks that every file the configuration names exists and can be read, so a node
+/// with a mistyped certificate path stops at once and says which key is wrong. Apart
+/// from [`load`] because it looks at the filesystem.
+pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+    let (tls, client_tls) = (&config.tls, &config.client_tls);
+    let files = [
+        ("tls.ca_cert", "CA certificate", &tls.ca_cert),
+        ("tls.cert", "certificate", &tls.cert),
+        ("tls.key", "private key", &tls.key),
+        ("client_tls.cert", "certificate", &client_tls.cert),
+        ("client_tls.key", "private key", &client_tls.key),
+    ];
+    for (key, what, path) in files {
+        if let Some(path) = path {
+            readable_file(key, what, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// `path` is a file this process can open, or an error naming `key`.
+pub fn readable_file(key: &str, what: &str, path: &Path) -> Result<(), ConfigError> {
+    let problem = match std::fs::File::open(path) {
+        Ok(file) => match file.metadata() {
+            Ok(meta) if meta.is_file() => return Ok(()),
+            Ok(_) => "is not a file".to_owned(),
+            Err(error) => error.to_string(),
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => "not found".to_owned(),
+        Err(error) => error.to_string(),
+    };
+    Err(ConfigError::Semantic(format!(
+        "{key}: {what} file {} {problem}",
+        path.display()
+    )))
 }
 
 /// A limit of zero would refuse every client, which is never what an operator meant.

@@ -43,6 +43,8 @@ pub type Outcome = Result<Vec<Option<String>>, ErrorInfo>;
 pub struct PendingAck {
     pub msg_serial: i64,
     pub outcome: oneshot::Receiver<Outcome>,
+    /// When the publish was read, for the ACK latency histogram.
+    pub received: tokio::time::Instant,
 }
 
 /// Replies of one inbound frame: frames to send now, and publishes whose ACK or NACK
@@ -349,6 +351,7 @@ impl Connection {
             Ok(outcome) => PendingAck {
                 msg_serial,
                 outcome,
+                received: tokio::time::Instant::now(),
             },
             Err(error) => refused(msg_serial, &error),
         };
@@ -366,6 +369,7 @@ impl Connection {
 
         let limits = &self.node.config.limits;
         let messages = prepare_messages(messages, self.identity.client_id.as_deref(), limits)?;
+        crate::observe::messages_in("realtime", messages.len());
         let publish = Publish::messages(
             messages,
             format!("{}:{msg_serial}", self.id()),
@@ -409,6 +413,7 @@ impl Connection {
             Ok(outcome) => PendingAck {
                 msg_serial,
                 outcome,
+                received: tokio::time::Instant::now(),
             },
             Err(error) => refused(msg_serial, &error),
         };
@@ -510,6 +515,7 @@ fn refused(msg_serial: i64, error: &AblyError) -> PendingAck {
     PendingAck {
         msg_serial,
         outcome,
+        received: tokio::time::Instant::now(),
     }
 }
 

@@ -310,6 +310,50 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
+    /// The catalog copy's regions: what the dashboard shows of regions this node
+    /// cannot see directly.
+    pub fn regions(&self) -> Vec<(String, starling_global::state::Region)> {
+        let catalog = self.catalog.lock();
+        catalog
+            .regions()
+            .map(|(name, region)| (name.clone(), region.clone()))
+            .collect()
+    }
+
+    /// How many channels each region homes, by the catalog copy.
+    pub fn homes_per_region(&self) -> std::collections::BTreeMap<String, usize> {
+        let catalog = self.catalog.lock();
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, home) in catalog.homes() {
+            *counts.entry(home.region.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Each global master member's own view of the group (one attempt each, bounded
+    /// by `wait`), or why it did not answer. The embedded member answers for itself.
+    pub async fn members_status(
+        &self,
+        wait: Duration,
+    ) -> Vec<(String, Result<starling_proto::global::StatusReply, String>)> {
+        let (members, tls) = match &self.backend {
+            Backend::Embedded(embedded) => {
+                return vec![("embedded".into(), Ok(embedded.status().await))];
+            }
+            Backend::Remote { members, tls, .. } => (members, tls),
+        };
+        let asks = members.iter().map(|addr| async move {
+            let answer = async {
+                let mut client = Client::new(vec![addr.clone()], tls)
+                    .map_err(|e| e.to_string())?
+                    .with_attempt_timeout(wait);
+                client.status(addr).await.map_err(|e| e.to_string())
+            };
+            (addr.clone(), answer.await)
+        });
+        futures_util::future::join_all(asks).await
+    }
+
     /// Every home of the catalog copy now, and from then on each change to them, with
     /// nothing missed in between (both are taken under the copy's lock).
     pub fn follow_homes(&self) -> (Vec<(String, HomeView)>, mpsc::UnboundedReceiver<HomeEvent>) {

@@ -919,6 +919,8 @@ fn print_summary(describe: &Describe, root: &Path) {
     }
     println!("API key: {key}");
     println!("admin token: {}", describe.admin_token);
+    let first = &describe.regions[0].nodes[0].client;
+    println!("dashboard: http://{first}/dashboard (metrics: /metrics on every node and member)");
     println!("Ctrl-C stops every process.");
 }
 

@@ -4,11 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use starling_node::config::{self, LogFormat};
+use starling_node::config::{self, ConfigError, LogFormat};
 use starling_node::{launcher, logging, tls};
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +40,10 @@ struct RunArgs {
     /// Override `log.format` (`text` or `json`).
     #[arg(long)]
     log_format: Option<String>,
+    /// Check the configuration (file, environment and flags, and that the files it
+    /// names can be read), print the result and exit: 0 when it is valid, 78 when not.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,8 +77,25 @@ enum CaCmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// The exit code of a configuration that is not valid (sysexits' CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => run_node(cli.run),
         Some(Cmd::Ca(CaCmd::Create { dir })) => {
@@ -106,12 +128,27 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.data_dir {
         config.node.data_dir = dir;
     }
-    if let Some(format) = args.log_format {
+    if let Some(format) = &args.log_format {
         config.log.format = match format.as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
-            other => anyhow::bail!("unknown log format {other:?} (text or json)"),
+            other => {
+                let why = format!("--log-format {other:?}: expected text or json");
+                return Err(ConfigError::Semantic(why).into());
+            }
         };
+    }
+    config::check_files(&config)?;
+    if args.check_config {
+        for warning in &loaded.warnings {
+            println!("warning: {warning}");
+        }
+        let source = args
+            .config
+            .as_ref()
+            .map_or("defaults".into(), |p| p.display().to_string());
+        println!("configuration OK: {source}");
+        return Ok(());
     }
 
     init_tracing(&config.log);

@@ -11,7 +11,7 @@ use anyhow::Context;
 use axum::routing::get;
 use axum::serve::{Listener as _, ListenerExt};
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,15 +26,16 @@ use crate::data_dir::DataDir;
 use crate::error::AblyError;
 use crate::mesh::{MemberInfo, Mesh, MeshInbound, MeshSettings};
 use crate::node::{now_ms, Connections, Node};
+use crate::observe;
 use crate::region::{BridgeLink, MeshLink, Region, RegionSettings};
-use crate::{client_tls, describe, health, rest, ws};
+use crate::{client_tls, dashboard, describe, health, rest, ws};
 use starling_proto::tls::TlsFiles;
 
 /// How long draining waits for clients to be told to go.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often region statistics are exported as metrics.
-const STATS_PERIOD: Duration = Duration::from_secs(5);
+const STATS_PERIOD: Duration = Duration::from_secs(1);
 
 /// Builds the node's state from configuration and its data directory, joining the
 /// region mesh when one is configured.
@@ -199,6 +200,7 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
             "/metrics",
             get(move || std::future::ready(metrics.render())),
         )
+        .merge(dashboard::router())
         .merge(rest::router())
         .method_not_allowed_fallback(rest::method_not_allowed)
         .with_state(node)
@@ -211,9 +213,7 @@ pub async fn serve(
     describe_path: Option<PathBuf>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing metrics")?;
+    let metrics = observe::install().context("installing metrics")?;
     let listener = TcpListener::bind(config.listen.client)
         .await
         .with_context(|| format!("binding {}", config.listen.client))?;
@@ -357,15 +357,24 @@ fn spawn_quorum_guard(node: Arc<Node>) {
     });
 }
 
+/// Exports what the region task knows as gauges; counters are kept where things
+/// happen.
 fn spawn_stats(node: Arc<Node>) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(STATS_PERIOD);
         loop {
             ticker.tick().await;
             let stats = node.region.stats().await;
-            metrics::gauge!("starling_channels").set(stats.channels as f64);
-            metrics::gauge!("starling_channel_masters").set(stats.masters as f64);
-            metrics::gauge!("starling_mesh_live_nodes").set(stats.live_nodes as f64);
+            let flag = |on: bool| if on { 1.0 } else { 0.0 };
+            metrics::gauge!(observe::CHANNELS).set(stats.channels as f64);
+            metrics::gauge!(observe::CHANNEL_MASTERS).set(stats.masters as f64);
+            metrics::gauge!(observe::CHANNEL_RELAYS).set(stats.relays as f64);
+            metrics::gauge!(observe::ATTACHMENTS).set(stats.attachments as f64);
+            metrics::gauge!(observe::MESH_LIVE_NODES).set(stats.live_nodes as f64);
+            metrics::gauge!(observe::MESH_KNOWN_NODES).set(stats.known_nodes as f64);
+            metrics::gauge!(observe::BRIDGE_BACKLOG).set(stats.bridge_backlog as f64);
+            metrics::gauge!(observe::LEASE_HELD).set(flag(stats.lease));
+            metrics::gauge!(observe::QUORUM).set(flag(stats.quorum));
         }
     });
 }

@@ -342,6 +342,7 @@ async fn send_acks(
     format: Format,
 ) -> Result<(), axum::Error> {
     let head = acks.pop_front().expect("an outcome came from the head");
+    crate::observe::ack_latency(head.received.elapsed());
     socket
         .feed(to_ws(codec::encode(
             &ack_frame(head.msg_serial, outcome),
@@ -354,6 +355,7 @@ async fn send_acks(
             break;
         };
         let next = acks.pop_front().expect("front exists");
+        crate::observe::ack_latency(next.received.elapsed());
         socket
             .feed(to_ws(codec::encode(
                 &ack_frame(next.msg_serial, outcome),

@@ -10,6 +10,7 @@
 //!   `serde_json::Value`, whatever the wire format.
 //! - [`Witness`]: a bystander subscriber that proves a node still serves others after
 //!   some client misbehaved.
+//! - [`federation`]: `region-node dev` started, described and cleaned up.
 //! - [`dev`]: a region of several nodes started by `region-node dev`; SIGKILL one.
 //! - [`global`]: a global master group of real processes, for nodes that use one.
 //! - [`rest`]: Basic auth, `Link` header parsing and MessagePack bodies for REST tests.
@@ -19,6 +20,7 @@
 
 pub mod client;
 pub mod dev;
+pub mod federation;
 pub mod global;
 pub mod node;
 pub mod proxy;

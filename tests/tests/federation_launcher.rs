@@ -2,208 +2,44 @@
 //! command starts a global master group of real processes and two regions of nodes,
 //! describes them all, and stops every one of them on Ctrl-C.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use starling_tests::node::binary;
+use starling_tests::federation::{alive, signal, wait_healthy, Described, Launcher, HEALTHY};
 use starling_tests::rest::{self, basic, bearer};
-use tempfile::TempDir;
 
-/// From spawn to the describe file: three members elect a leader and four nodes
-/// start one after another, on a busy machine.
-const START: Duration = Duration::from_secs(90);
-/// How long every node and member may take to answer `/health` with 200.
-const HEALTHY: Duration = Duration::from_secs(30);
 /// How long an app created in one region may take to work in another.
 const PROPAGATION: Duration = Duration::from_secs(10);
 /// From SIGINT until every process the launcher started is gone.
 const STOP: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(100);
 
-/// The parts of the describe file this test reads.
-#[derive(Debug, Deserialize)]
-struct Described {
-    admin_token: String,
-    global_masters: Vec<Member>,
-    regions: Vec<Region>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Member {
-    id: String,
-    pid: u32,
-    raft: Option<String>,
-    http: Option<String>,
-    argv: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Region {
-    name: String,
-    entry: String,
-    nodes: Vec<RegionNode>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RegionNode {
-    id: String,
-    pid: u32,
-    client: String,
-    /// Where other regions' nodes reach this one: the launcher gives every node of a
-    /// federation a bridge listener.
-    bridge: Option<String>,
-    argv: Vec<String>,
-}
-
-impl Described {
-    fn pids(&self) -> Vec<u32> {
-        let members = self.global_masters.iter().map(|m| m.pid);
-        let nodes = self
-            .regions
-            .iter()
-            .flat_map(|r| r.nodes.iter().map(|n| n.pid));
-        members.chain(nodes).collect()
+/// The summary on standard output names each region's entry, the API key, the admin
+/// token and the dashboard, as the README promises.
+fn check_summary(log: &str, described: &Described) -> Result<()> {
+    for region in &described.regions {
+        let entry = format!(
+            "region {}: entry (connect clients here): {}",
+            region.name, region.entry
+        );
+        ensure!(log.contains(&entry), "no {entry:?} in:\n{log}");
     }
-
-    fn region(&self, name: &str) -> Result<&Region> {
-        self.regions
-            .iter()
-            .find(|r| r.name == name)
-            .with_context(|| format!("no region {name} in {:?}", self.regions))
-    }
-}
-
-/// A running `region-node dev`. Dropping it SIGKILLs the launcher and every process
-/// it described, and removes the launcher's data folder.
-struct Launcher {
-    child: Child,
-    /// Holds the describe file and the launcher's log.
-    dir: TempDir,
-    /// Learned from the describe file, so they are killed even if the launcher is not
-    /// there to stop them.
-    pids: Vec<u32>,
-    data: Option<PathBuf>,
-}
-
-impl Launcher {
-    fn start(args: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("starling-federation-")
-            .tempdir()?;
-        let log = std::fs::File::create(dir.path().join("launcher.log"))?;
-        let child = Command::new(binary())
-            .arg("dev")
-            .args(args)
-            .arg("--describe")
-            .arg(dir.path().join("describe.json"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting region-node dev")?;
-        Ok(Self {
-            child,
-            dir,
-            pids: Vec::new(),
-            data: None,
-        })
-    }
-
-    /// Waits for the describe file, which the launcher writes once every process is
-    /// ready, failing early if the launcher exits.
-    async fn described(&mut self) -> Result<Described> {
-        let path = self.dir.path().join("describe.json");
-        let deadline = Instant::now() + START;
-        loop {
-            if let Ok(bytes) = std::fs::read(&path) {
-                let described: Described = serde_json::from_slice(&bytes)
-                    .with_context(|| String::from_utf8_lossy(&bytes).into_owned())?;
-                self.pids = described.pids();
-                self.data = data_dir(&described);
-                return Ok(described);
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("region-node dev exited ({status}):\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                bail!("no describe file after {START:?}:\n{}", self.log());
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("launcher.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for pid in &self.pids {
-            if alive(*pid) {
-                signal("-KILL", *pid);
-            }
-        }
-        if let Some(data) = &self.data {
-            if std::env::var_os("STARLING_TEST_KEEP").is_some() {
-                eprintln!("keeping the launcher's data folder {}", data.display());
-            } else {
-                let _ = std::fs::remove_dir_all(data);
-            }
-        }
-    }
-}
-
-/// The launcher's data folder: a node's configuration sits in `<data>/<id>/`.
-fn data_dir(described: &Described) -> Option<PathBuf> {
-    let node = described.regions.first()?.nodes.first()?;
-    let config = node.argv.iter().skip_while(|a| *a != "--config").nth(1)?;
-    Some(PathBuf::from(config).parent()?.parent()?.to_owned())
-}
-
-/// Whether `pid` runs. A zombie (exited, not yet reaped: the launcher's children are
-/// reparented when it goes) counts as gone.
-fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the parenthesised command name, which may hold spaces.
-    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
-    !matches!(state, Some(Some('Z' | 'X')))
-}
-
-fn signal(name: &str, pid: u32) {
-    let _ = Command::new("kill")
-        .args([name, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Polls `GET http://<addr>/health` until it answers 200.
-async fn wait_healthy(what: &str, addr: &str) -> Result<()> {
-    let http = rest::http();
-    let deadline = Instant::now() + HEALTHY;
-    loop {
-        let answer = http.get(format!("http://{addr}/health")).send().await;
-        let last = match answer {
-            Ok(r) if r.status() == StatusCode::OK => return Ok(()),
-            Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
-            Err(error) => error.to_string(),
-        };
-        if Instant::now() > deadline {
-            bail!("{what} at {addr} not healthy after {HEALTHY:?}: {last}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let key = &described.apps[0].keys[0].key;
+    ensure!(
+        log.contains(&format!("API key: {key}")),
+        "no API key in:\n{log}"
+    );
+    let token = format!("admin token: {}", described.admin_token);
+    ensure!(log.contains(&token), "no admin token in:\n{log}");
+    ensure!(
+        log.contains("/dashboard"),
+        "no dashboard address in:\n{log}"
+    );
+    Ok(())
 }
 
 fn check_shape(described: &Described) -> Result<()> {
@@ -303,6 +139,9 @@ async fn scenario(launcher: &mut Launcher) -> Result<()> {
     eprintln!("phase: the launcher describes 3 global masters and 2 regions of 2 nodes");
     let described = launcher.described().await?;
     check_shape(&described)?;
+
+    eprintln!("phase: the launcher told the person at the terminal where to connect");
+    check_summary(&launcher.log(), &described)?;
 
     eprintln!("phase: every node and every global master reports ready");
     for member in &described.global_masters {

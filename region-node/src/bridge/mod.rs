@@ -143,6 +143,7 @@ impl Link {
                         if self.carry(client, &mut queue, addr).await.is_err() {
                             return;
                         }
+                        crate::observe::bridge_link(&self.region, false);
                         let _ = self.events.send(BridgeIn::Down {
                             region: self.region.clone(),
                         });
@@ -201,6 +202,7 @@ impl Link {
         // Frames queued before this stream existed went nowhere; relays resend on Up.
         while queue.try_recv().is_ok() {}
         info!(region.id = %self.region, bridge.addr = %addr, "bridge link open");
+        crate::observe::bridge_link(&self.region, true);
         let up = BridgeIn::Up {
             region: self.region.clone(),
         };

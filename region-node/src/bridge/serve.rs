@@ -106,6 +106,9 @@ struct ServedLink {
     interests: HashMap<String, (String, JoinHandle<()>)>,
     remote: String,
     next_attachment: u64,
+    /// Counts this link among the node's accepted links once its hello named the
+    /// remote node; dropping it uncounts it.
+    counted: Option<crate::observe::AcceptedLink>,
 }
 
 impl ServedLink {
@@ -119,6 +122,7 @@ impl ServedLink {
             interests: HashMap::new(),
             remote: String::new(),
             next_attachment: 1,
+            counted: None,
         }
     }
 
@@ -152,6 +156,10 @@ impl ServedLink {
             Some(Body::Hello(hello)) => {
                 self.remote = frame.origin_region.clone();
                 info!(region.id = %self.remote, peer.node = %hello.node_id, "bridge link accepted");
+                self.counted = Some(crate::observe::AcceptedLink::new(
+                    &self.remote,
+                    &hello.node_id,
+                ));
                 self.send(Body::Hello(pb::Hello {
                     protocol_version: PROTOCOL_VERSION,
                     node_id: self.node.config.node.id.clone(),

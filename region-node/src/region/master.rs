@@ -382,6 +382,7 @@ impl RegionState {
         let Some(slot) = self.masters.remove(channel) else {
             return;
         };
+        crate::observe::master_changed("stepped_down");
         // Subscribers are told too, so they subscribe afresh to whoever masters the
         // channel next, even if that is this node again.
         for node in &slot.subscribers {
@@ -670,6 +671,7 @@ impl RegionState {
         if epoch > 1 {
             info!(channel.name = channel, epoch, "took over as channel master");
         }
+        crate::observe::master_changed("acquired");
         self.masters.insert(
             channel.to_owned(),
             MasterSlot {

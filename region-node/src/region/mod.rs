@@ -14,6 +14,7 @@ mod master;
 pub mod msg;
 mod presence;
 mod relay;
+mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +31,7 @@ use master::{Acquire, MasterSlot, Replica};
 use msg::ChannelMsg;
 pub use presence::Leave;
 pub use relay::{BridgeIn, BridgeOut};
+pub use stats::{ChannelActivity, RegionStats};
 
 use crate::channel_client::{Occupancy, Subscriber};
 use crate::channel_master::{HistoryPage, HistoryQuery, Publish};
@@ -169,6 +171,7 @@ impl RegionState {
         self.live = live;
         self.known = known.max(1);
         self.ring = Ring::with_nodes(&self.live, DEFAULT_VNODES);
+        crate::observe::ring_changed();
         self.rebalance_masters();
         self.reroute_clients();
         self.on_view_presence();
@@ -470,19 +473,6 @@ pub struct Placement {
     pub home: Option<String>,
     /// Whether this node relays the channel from its home (another region).
     pub relaying: bool,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RegionStats {
-    pub channels: usize,
-    pub masters: usize,
-    /// Channels homed in other regions that this node relays.
-    pub relays: usize,
-    pub live_nodes: usize,
-    pub known_nodes: usize,
-    pub quorum: bool,
-    pub lease: bool,
-    pub settled: bool,
 }
 
 /// The handle connections and REST use to reach the region task.
@@ -843,17 +833,7 @@ fn handle_command(state: &mut RegionState, command: Command) {
             reply,
         } => state.handoff(&channel, epoch, reply),
         Command::Stats { reply } => {
-            let stats = RegionStats {
-                channels: state.channel_count(),
-                masters: state.masters_count(),
-                relays: state.relays.len(),
-                live_nodes: state.live.len(),
-                known_nodes: state.known,
-                quorum: state.has_quorum(),
-                lease: state.lease,
-                settled: state.settled,
-            };
-            let _ = reply.send(stats);
+            let _ = reply.send(state.stats());
         }
     }
 }

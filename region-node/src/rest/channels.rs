@@ -173,6 +173,7 @@ async fn try_publish(
     let client_id = identity.client_id.clone().or(declared);
     let limits = &node.config.limits;
     let messages = prepare_messages(decode_messages(body)?, client_id.as_deref(), limits)?;
+    crate::observe::messages_in("rest", messages.len());
 
     let id_base = random_string(ID_BASE_LEN);
     let message_id = messages

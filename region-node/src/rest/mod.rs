@@ -11,7 +11,7 @@
 //! ably-js always sees an error code.
 
 mod admin;
-mod auth;
+pub(crate) mod auth;
 mod channels;
 mod presence;
 mod request;
