@@ -172,6 +172,7 @@ for (const format of FORMATS) {
         const seen = watcher.channels.get(name);
         await seen.attach();
         const entered = events(seen, 'enter');
+        const updated = events(seen, 'update');
         const left = events(seen, 'leave');
 
         resumer = await connectedClient(node, format, { clientId: 'resumer' });
@@ -193,6 +194,9 @@ for (const format of FORMATS) {
         // The resumer's own grace, which started with the ghost's, is over too.
         await until(() => Date.now() - killedAt > GRACE_MS + 2_000, 'the resumer\'s grace to pass', 10_000, 200);
         assert.deepEqual(left.map((m) => m.clientId), ['ghost'], 'no LEAVE for the resumed connection');
+        // ably-js re-enters its member after the re-attach, with the id it had: nothing
+        // changed, so the others see nothing.
+        assert.deepEqual(updated.map((m) => m.clientId), [], 'no UPDATE for the resumed connection');
         assert.deepEqual(await memberIds(seen), ['resumer']);
       } finally {
         child?.kill('SIGKILL');
