@@ -65,9 +65,9 @@ pub struct Connection {
     inbound: InboundGuard,
     /// How long this connection's presence members outlive an abrupt loss.
     presence_grace_ms: u64,
-    /// Whether the client ended the connection itself (CLOSE): its members leave at
-    /// once rather than after the grace.
-    closed_by_client: bool,
+    /// Whether the connection ended for good (the client's CLOSE, or a fatal ERROR):
+    /// its members leave at once rather than after the grace.
+    ended_for_good: bool,
 }
 
 impl Connection {
@@ -80,7 +80,7 @@ impl Connection {
             attached: HashMap::new(),
             inbound,
             presence_grace_ms: node.config.connection.presence_grace_ms,
-            closed_by_client: false,
+            ended_for_good: false,
             node,
         }
     }
@@ -92,9 +92,15 @@ impl Connection {
         self.presence_grace_ms = grace_ms.min(self.node.config.connection.state_ttl_ms);
     }
 
+    /// The connection was sent a fatal ERROR: it will not resume, so its members
+    /// leave at once.
+    pub fn mark_failed(&mut self) {
+        self.ended_for_good = true;
+    }
+
     /// When this connection's members leave, now that its transport ended.
     pub fn leave_after(&self, last_contact_ms: i64) -> Leave {
-        if self.closed_by_client {
+        if self.ended_for_good {
             return Leave::Now;
         }
         Leave::After {
@@ -173,7 +179,7 @@ impl Connection {
                 ..ProtocolMessage::new(action::HEARTBEAT)
             }),
             action::CLOSE => {
-                self.closed_by_client = true;
+                self.ended_for_good = true;
                 replies.now.push(ProtocolMessage::new(action::CLOSED));
                 return Next::Close;
             }

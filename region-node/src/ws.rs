@@ -264,6 +264,10 @@ async fn pump(
                 };
                 acks.append(&mut replies.acks);
                 for reply in replies.now.drain(..) {
+                    if reply.action == action::ERROR && reply.channel.is_none() {
+                        // A fatal ERROR fails the connection: it cannot resume.
+                        connection.mark_failed();
+                    }
                     if send(socket, &reply, params.format).await.is_err() {
                         return last_heard;
                     }

@@ -184,3 +184,28 @@ async fn an_absurd_remain_present_for_hurts_no_one() -> Result<()> {
     ensure!(sync["presence"][0]["clientId"] == "forever", "{sync}");
     Ok(())
 }
+
+#[tokio::test]
+async fn members_of_a_connection_failed_with_a_fatal_error_leave_at_once() -> Result<()> {
+    let node = Node::start().await?;
+    let mut watcher = Client::connect(&node, "", Format::Json).await?;
+    watcher.attach("failing").await?;
+    let mut member = Client::connect(&node, "clientId=doomed", Format::Json).await?;
+    member.attach("failing").await?;
+    let answer = presence(&mut member, "failing", json!([{"action": 2}])).await?;
+    ensure!(is_action(&answer, action::ACK), "{answer}");
+
+    // A malformed frame is fatal (ERROR 40000): this connection cannot resume.
+    member
+        .send_raw(tokio_tungstenite::tungstenite::Message::text("{not json"))
+        .await?;
+    let leave = watcher
+        .recv_until(
+            |f| is_action(f, action::PRESENCE) && f["presence"][0]["action"] == 3,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .context("the LEAVE comes at once, not after the grace")?;
+    ensure!(leave["presence"][0]["clientId"] == "doomed", "{leave}");
+    Ok(())
+}
