@@ -216,12 +216,13 @@ pub enum ReadKind {
     #[default]
     Messages,
     PresenceHistory,
-    /// The current members, optionally of one clientId or connectionId; paged by
-    /// offset (`cursor` is unused).
+    /// The current members, optionally of one clientId or connectionId, after the
+    /// member key `(connectionId, clientId)` a previous page ended with (`cursor` is
+    /// unused).
     Members {
         client_id: Option<String>,
         connection_id: Option<String>,
-        offset: usize,
+        after: Option<(String, String)>,
     },
 }
 
@@ -231,6 +232,9 @@ pub struct HistoryPage {
     /// For presence reads: the events or members.
     #[serde(default)]
     pub presence: Vec<PresenceMessage>,
+    /// For a members read with more to come: the key of the page's last member.
+    #[serde(default)]
+    pub next_member: Option<(String, String)>,
     /// Where the next page starts (exclusive), when there is one.
     pub next: Option<Position>,
 }
@@ -656,6 +660,7 @@ impl ChannelMaster {
             messages,
             presence: events,
             next: if more { last } else { None },
+            next_member: None,
         }
     }
 
@@ -692,32 +697,29 @@ impl ChannelMaster {
     }
 }
 
-/// A page of `members` for a members read. The next page's cursor is an offset,
-/// carried in the position's sequence number.
+/// A page of `members` for a members read, continuing after the key the last page
+/// ended with, so members who leave or enter between pages shift nothing.
 pub fn member_page(members: &Members, query: &HistoryQuery) -> HistoryPage {
     let ReadKind::Members {
         client_id,
         connection_id,
-        offset,
+        after,
     } = &query.kind
     else {
         return HistoryPage::default();
     };
-    let matching: Vec<PresenceMessage> = (members.present().into_iter())
+    let mut matching = (members.present_after(after.as_ref()))
         .filter(|m| client_id.is_none() || m.client_id == *client_id)
-        .filter(|m| connection_id.is_none() || m.connection_id == *connection_id)
-        .collect();
-    let page: Vec<PresenceMessage> = matching
-        .iter()
-        .skip(*offset)
-        .take(query.limit)
-        .cloned()
-        .collect();
-    let end = offset + page.len();
+        .filter(|m| connection_id.is_none() || m.connection_id == *connection_id);
+    let page: Vec<PresenceMessage> = matching.by_ref().take(query.limit).collect();
+    let more = matching.next().is_some();
+    let next_member = (more)
+        .then(|| page.last().map(presence::member_key))
+        .flatten();
     HistoryPage {
-        messages: Vec::new(),
         presence: page,
-        next: (end < matching.len()).then(|| Position::new(0, end as u64)),
+        next_member,
+        ..HistoryPage::default()
     }
 }
 

@@ -146,6 +146,26 @@ impl Members {
         self.map.values()
     }
 
+    /// The members after the key `(connectionId, clientId)` (all for `None`), in key
+    /// order, as PRESENT: a page that continues where the last one ended, whoever
+    /// left or entered in between.
+    pub fn present_after(
+        &self,
+        after: Option<&(String, String)>,
+    ) -> impl Iterator<Item = PresenceMessage> + '_ {
+        use std::ops::Bound;
+        let from = match after {
+            Some(key) => Bound::Excluded(key.clone()),
+            None => Bound::Unbounded,
+        };
+        self.map
+            .range((from, Bound::Unbounded))
+            .map(|(_, m)| PresenceMessage {
+                action: action::PRESENT,
+                ..m.message.clone()
+            })
+    }
+
     /// Applies one sequenced event: ENTER, UPDATE and PRESENT set the member, LEAVE
     /// removes it.
     pub fn apply(&mut self, entry: &PresenceEntry, now_ms: i64) {

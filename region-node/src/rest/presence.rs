@@ -77,8 +77,7 @@ async fn try_members(
         .history(&channel, page.query())
         .await
         .map_err(AblyError::Remote)?;
-    // The master carries the next page's offset in the cursor's sequence number.
-    let link = page.link(read.next.map(|p| p.seq as usize));
+    let link = page.link(read.next_member.as_ref());
     Ok(Reply::ok(for_format(read.presence, format)).with_link(Some(link)))
 }
 
@@ -160,7 +159,7 @@ async fn batch_one(
         kind: ReadKind::Members {
             client_id: None,
             connection_id: None,
-            offset: 0,
+            after: None,
         },
         ..HistoryQuery::default()
     };
@@ -186,25 +185,29 @@ struct MemberPage {
     limit: usize,
     client_id: Option<String>,
     connection_id: Option<String>,
-    offset: usize,
+    /// The key `(connectionId, clientId)` of the last member of the previous page.
+    after: Option<(String, String)>,
 }
 
 impl MemberPage {
     fn parse(params: &Params) -> Result<Self, AblyError> {
         // The same bounds as history (1..=1000, 100 by default).
         let limit = HistoryParams::parse(params)?.limit;
-        let offset = match params.get("offset") {
-            None => 0,
-            Some(text) => text.parse().map_err(|_| AblyError::InvalidParameter {
-                name: "offset",
-                reason: format!("{text:?} is not a count"),
-            })?,
+        let after = match (params.get("afterConnectionId"), params.get("afterClientId")) {
+            (Some(connection), Some(client)) => Some((connection.to_owned(), client.to_owned())),
+            (None, None) => None,
+            _ => {
+                return Err(AblyError::InvalidParameter {
+                    name: "afterConnectionId",
+                    reason: "afterConnectionId and afterClientId go together".into(),
+                })
+            }
         };
         Ok(Self {
             limit,
             client_id: params.get("clientId").map(str::to_owned),
             connection_id: params.get("connectionId").map(str::to_owned),
-            offset,
+            after,
         })
     }
 
@@ -214,24 +217,24 @@ impl MemberPage {
             kind: ReadKind::Members {
                 client_id: self.client_id.clone(),
                 connection_id: self.connection_id.clone(),
-                offset: self.offset,
+                after: self.after.clone(),
             },
             ..HistoryQuery::default()
         }
     }
 
-    fn link(&self, next: Option<usize>) -> String {
-        let first = format!("<./presence?{}>; rel=\"first\"", self.link_query(0));
+    fn link(&self, next: Option<&(String, String)>) -> String {
+        let first = format!("<./presence?{}>; rel=\"first\"", self.link_query(None));
         match next {
-            Some(offset) => format!(
+            Some(after) => format!(
                 "{first}, <./presence?{}>; rel=\"next\"",
-                self.link_query(offset)
+                self.link_query(Some(after))
             ),
             None => first,
         }
     }
 
-    fn link_query(&self, offset: usize) -> String {
+    fn link_query(&self, after: Option<&(String, String)>) -> String {
         let mut query = form_urlencoded::Serializer::new(String::new());
         query.append_pair("limit", &self.limit.to_string());
         if let Some(client_id) = &self.client_id {
@@ -240,8 +243,9 @@ impl MemberPage {
         if let Some(connection_id) = &self.connection_id {
             query.append_pair("connectionId", connection_id);
         }
-        if offset > 0 {
-            query.append_pair("offset", &offset.to_string());
+        if let Some((connection, client)) = after {
+            query.append_pair("afterConnectionId", connection);
+            query.append_pair("afterClientId", client);
         }
         query.finish()
     }

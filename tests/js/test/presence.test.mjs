@@ -128,13 +128,21 @@ for (const format of FORMATS) {
         const page = await rest.channels.get(name).presence.get({ limit: 100 });
         assert.equal(page.items.length, 100);
         assert.ok(page.hasNext());
+        // A member of the first page leaves before the next is read: the pages go on
+        // where the first ended, so no one is skipped.
+        const leaver = page.items[0].clientId;
+        await channel.presence.leaveClient(leaver);
+        await until(async () => (await rest.channels.get(name).presence.get({ clientId: leaver })).items.length === 0,
+          'the leaver to be gone');
         const all = [...page.items];
         let next = await page.next();
         while (next) {
           all.push(...next.items);
           next = next.hasNext() ? await next.next() : null;
         }
-        assert.deepEqual(all.map((m) => m.clientId).sort(), ids);
+        assert.deepEqual(all.map((m) => m.clientId).sort(), ids, 'every member once, none skipped');
+        await channel.presence.enterClient(leaver, { n: leaver });
+        await until(async () => (await memberIds(seen)).length === ids.length, 'the leaver back');
         const one = await rest.channels.get(name).presence.get({ clientId: 'member-007' });
         assert.deepEqual(one.items.map((m) => m.data), [{ n: 'member-007' }]);
 
@@ -145,7 +153,9 @@ for (const format of FORMATS) {
 
         const history = await rest.channels.get(name).presence.history({ limit: 5 });
         assert.equal(history.items.length, 5);
-        assert.ok(history.items.every((m) => m.action === 'enter'));
+        // Newest first: the leaver's return, its leave, then the entries before.
+        assert.deepEqual(history.items.slice(0, 3).map((m) => [m.action, m.clientId]),
+          [['enter', leaver], ['leave', leaver], ['enter', ids[ids.length - 1]]]);
       } finally {
         closeAll(many, reader);
       }
