@@ -143,6 +143,16 @@ struct CertFiles {
     key: PathBuf,
 }
 
+/// Whether `cert` and `key` load as a certificate and its key, as the listener will
+/// load them (for `--check-config` and the checks before startup).
+pub fn check(cert: &Path, key: &Path) -> anyhow::Result<()> {
+    let files = CertFiles {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+    };
+    files.load().map(drop)
+}
+
 /// The raw bytes of both files, to tell a change from a reread.
 type Contents = (Vec<u8>, Vec<u8>);
 

@@ -514,6 +514,10 @@ fn known_keys(defaults: &Config) -> Vec<(String, bool)> {
 }
 
 fn validate(config: &Config) -> Result<(), ConfigError> {
+    // A filter that does not parse would silence the node's logs altogether.
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        return Err(ConfigError::Semantic(format!("log.level: {error}")));
+    }
     let bad = |msg: String| Err(ConfigError::Semantic(msg));
     let plain = |s: &str| {
         !s.is_empty()
@@ -528,10 +532,10 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "global.members needs [tls] ca_cert, cert and key to reach the global master".into(),
         );
     }
+    validate_limits(&config.limits)?;
     if config.limits.max_message_size > config.limits.max_frame_size {
         return bad("limits.max_message_size must not exceed limits.max_frame_size".into());
     }
-    validate_limits(&config.limits)?;
     if config.mesh.listen.is_some() && config.tls.files().is_none() {
         return bad(
             "mesh.listen needs tls.ca_cert, tls.cert and tls.key (see `region-node ca`)".into(),
@@ -607,6 +611,17 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
             readable_file(key, what, path)?;
         }
     }
+
+    // Readable is not enough: the files must load as the node will load them.
+    let unusable =
+        |keys: &str, error: anyhow::Error| ConfigError::Semantic(format!("{keys}: {error:#}"));
+    if let Some(files) = tls.files() {
+        crate::tls::check(&files).map_err(|e| unusable("tls.ca_cert, tls.cert, tls.key", e))?;
+    }
+    if let (Some(cert), Some(key)) = (&client_tls.cert, &client_tls.key) {
+        crate::client_tls::check(cert, key)
+            .map_err(|e| unusable("client_tls.cert, client_tls.key", e))?;
+    }
     Ok(())
 }
 
@@ -630,6 +645,13 @@ pub fn readable_file(key: &str, what: &str, path: &Path) -> Result<(), ConfigErr
 /// A limit of zero would refuse every client, which is never what an operator meant.
 fn validate_limits(limits: &LimitsConfig) -> Result<(), ConfigError> {
     let zero = [
+        ("max_message_size", limits.max_message_size),
+        ("max_messages_per_publish", limits.max_messages_per_publish),
+        ("max_frame_size", limits.max_frame_size),
+        (
+            "max_connection_queue_bytes",
+            limits.max_connection_queue_bytes,
+        ),
         ("max_inbound_rate", limits.max_inbound_rate as usize),
         ("max_inbound_burst", limits.max_inbound_burst as usize),
         (

@@ -105,6 +105,27 @@ fn load(files: &TlsFiles) -> anyhow::Result<Loaded> {
     })
 }
 
+/// Whether the mesh's files load: a CA with at least one certificate, and this node's
+/// certificate chain and key (for `--check-config` and the checks before startup).
+pub fn check(files: &TlsFiles) -> anyhow::Result<()> {
+    let loaded = load(files)?;
+    if loaded.roots.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", files.ca_cert.display());
+    }
+    if loaded.chain.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", files.cert.display());
+    }
+    rustls::sign::CertifiedKey::from_der(loaded.chain, loaded.key, &provider())
+        .map(drop)
+        .with_context(|| {
+            format!(
+                "{} and {} are not a usable certificate and key",
+                files.cert.display(),
+                files.key.display()
+            )
+        })
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

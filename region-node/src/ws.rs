@@ -347,6 +347,7 @@ async fn send_acks(
 ) -> Result<(), axum::Error> {
     let head = acks.pop_front().expect("an outcome came from the head");
     crate::observe::ack_latency(head.received.elapsed());
+    metrics::counter!("starling_frames_out").increment(1);
     socket
         .feed(to_ws(codec::encode(
             &ack_frame(head.msg_serial, outcome),
@@ -360,6 +361,7 @@ async fn send_acks(
         };
         let next = acks.pop_front().expect("front exists");
         crate::observe::ack_latency(next.received.elapsed());
+        metrics::counter!("starling_frames_out").increment(1);
         socket
             .feed(to_ws(codec::encode(
                 &ack_frame(next.msg_serial, outcome),
@@ -475,6 +477,7 @@ async fn send(
     pm: &ProtocolMessage,
     format: Format,
 ) -> Result<(), axum::Error> {
+    metrics::counter!("starling_frames_out").increment(1);
     socket.send(to_ws(codec::encode(pm, format))).await
 }
 

@@ -36,6 +36,26 @@ const NODE_CASES: &[(&str, &str, &[&str])] = &[
         "[mesh]\nlisten = \"127.0.0.1:0\"\n",
         &["mesh.listen needs", "tls"],
     ),
+    (
+        "a zero limit",
+        "[limits]\nmax_message_size = 0\n",
+        &["limits.max_message_size must be at least 1"],
+    ),
+    (
+        "a zero frame size",
+        "[limits]\nmax_frame_size = 0\n",
+        &["limits.max_frame_size must be at least 1"],
+    ),
+    (
+        "a certificate that is not PEM",
+        "[client_tls]\nlisten = \"127.0.0.1:0\"\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\n",
+        &["client_tls.cert", "/etc/hostname"],
+    ),
+    (
+        "a log filter that does not parse",
+        "[log]\nlevel = \"[[[bad\"\n",
+        &["log.level"],
+    ),
 ];
 
 const MEMBER_CASES: &[(&str, &str, &[&str])] = &[
