@@ -453,10 +453,20 @@ fn explain(errors: figment::Error) -> String {
             if what.contains("socket address") {
                 what.push_str(" (expected an IP address and port, such as \"127.0.0.1:8080\")");
             }
-            let source = (error.metadata.as_ref())
-                .and_then(|m| m.source.as_ref())
-                .map(|s| format!(" (from {s})"))
-                .unwrap_or_default();
+            let source = match error.metadata.as_ref() {
+                // Environment overrides are merged as serialized values, whose source
+                // figment names by the line of code that merged them.
+                Some(m)
+                    if matches!(m.source, Some(figment::Source::Code(_))) && !key.is_empty() =>
+                {
+                    let variable = error.path.join("__").to_uppercase();
+                    format!(" (from the environment variable STARLING_{variable})")
+                }
+                Some(m) => (m.source.as_ref())
+                    .map(|s| format!(" (from {s})"))
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
             match key.is_empty() {
                 true => format!("{what}{source}"),
                 false => format!("{key}: {what}{source}"),

@@ -143,6 +143,22 @@ async fn global_master_refuses_bad_configurations_with_exit_78_and_the_key() -> 
 }
 
 #[tokio::test]
+async fn a_bad_environment_variable_is_named() -> Result<()> {
+    let output = tokio::process::Command::new(binary())
+        .arg("--check-config")
+        .env("STARLING_LISTEN__CLIENT", "nope")
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.code() == Some(EXIT_CONFIG), "{stderr}");
+    ensure!(
+        stderr.contains("listen.client") && stderr.contains("STARLING_LISTEN__CLIENT"),
+        "names the key and the variable: {stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn check_config_accepts_the_defaults_and_names_unknown_variables() -> Result<()> {
     let mut command = tokio::process::Command::new(binary());
     command
