@@ -88,6 +88,13 @@ impl Embedded {
         &self.reader
     }
 
+    /// Keeps the raft gauges (role, term, commit index, …) current in this process's
+    /// metrics, as a standalone member's `/metrics` has them.
+    pub fn export_metrics(&self) {
+        let member = std::sync::Arc::new(self.member(BTreeMap::new()));
+        tokio::spawn(crate::http::export_metrics(member));
+    }
+
     /// This member's view of its group of one, as Status reports it.
     pub async fn status(&self) -> starling_proto::global::StatusReply {
         self.member(BTreeMap::new()).status().await

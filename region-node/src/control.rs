@@ -93,7 +93,10 @@ impl ControlPlane {
         connections: Arc<Connections>,
     ) -> anyhow::Result<Arc<Self>> {
         let backend = if config.global.members.is_empty() {
-            Backend::Embedded(Embedded::start(&data.path("global-master")).await?)
+            let embedded = Embedded::start(&data.path("global-master")).await?;
+            // The member lives in this process: its raft gauges are on this /metrics.
+            embedded.export_metrics();
+            Backend::Embedded(embedded)
         } else {
             Backend::Remote {
                 client: Box::new(tokio::sync::Mutex::new(Client::new(

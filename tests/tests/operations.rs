@@ -57,3 +57,30 @@ async fn unknown_config_key_stops_startup_and_names_the_key() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_single_node_reports_its_embedded_global_master_in_its_metrics() -> Result<()> {
+    let node = Node::start().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = rest::http()
+            .get(node.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let leads = text.contains("starling_raft_role{role=\"leader\"} 1");
+        let term = text.lines().any(|l| l.starts_with("starling_raft_term "));
+        let commit = text
+            .lines()
+            .any(|l| l.starts_with("starling_raft_commit_index "));
+        if leads && term && commit {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the embedded member's raft role, term and commit index on /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
