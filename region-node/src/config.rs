@@ -119,6 +119,9 @@ pub struct NodeConfig {
     /// Secret that authenticates connection keys. Generated into the data directory
     /// when absent; every node of a cluster must share it for resumes across nodes.
     pub cluster_secret: Option<String>,
+    /// Threads of the node's async runtime; unset: one per core (or
+    /// `TOKIO_WORKER_THREADS`).
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +297,7 @@ impl Default for NodeConfig {
             region: "local".into(),
             data_dir: PathBuf::from("starling-data"),
             cluster_secret: None,
+            worker_threads: None,
         }
     }
 }

@@ -114,7 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Cmd::Dev(args)) => {
             init_tracing(&config::LogConfig::default());
-            runtime()?.block_on(launcher::run(args, shutdown_signal()))
+            runtime(None)?.block_on(launcher::run(args, shutdown_signal()))
         }
     }
 }
@@ -155,15 +155,23 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
     for warning in loaded.warnings {
         tracing::warn!("{warning}");
     }
-    runtime()?.block_on(starling_node::server::serve(
+    runtime(config.node.worker_threads)?.block_on(starling_node::server::serve(
         config,
         args.describe,
         shutdown_signal(),
     ))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("starting the runtime")
+/// The multi-threaded runtime, with `threads` workers when configured (else one per
+/// core, or `TOKIO_WORKER_THREADS`).
+fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = threads {
+        anyhow::ensure!(threads >= 1, "node.worker_threads must be at least 1");
+        builder.worker_threads(threads);
+    }
+    builder.build().context("starting the runtime")
 }
 
 fn init_tracing(log: &config::LogConfig) {
