@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Frames written before one flush.
@@ -29,7 +30,9 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
 
 async fn connection(stream: TcpStream, id: u64, peers: Peers) {
     let _ = stream.set_nodelay(true);
-    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+    // Small reads, as region-node does: see `wire::config`.
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
         return;
     };
     let (mut sink, mut source) = ws.split();
