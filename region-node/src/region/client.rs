@@ -167,6 +167,7 @@ impl RegionState {
             slot.presence_conns.insert(connection_id);
         }
         slot.inflight.insert(req, inflight);
+        self.inflight_channels.insert(req, channel.to_owned());
         self.follow(channel);
     }
 
@@ -354,12 +355,11 @@ impl RegionState {
         req: u64,
         result: Result<Vec<Option<String>>, ErrorInfo>,
     ) {
-        let found = self.clients.iter_mut().find_map(|(name, slot)| {
-            slot.inflight
-                .remove(&req)
-                .map(|inflight| (name.clone(), inflight))
-        });
-        let Some((channel, inflight)) = found else {
+        let Some(channel) = self.inflight_channels.remove(&req) else {
+            return;
+        };
+        let found = self.clients.get_mut(&channel);
+        let Some(inflight) = found.and_then(|slot| slot.inflight.remove(&req)) else {
             return;
         };
         if result.is_err() && is_presence_report(&inflight.publish) {
@@ -372,6 +372,7 @@ impl RegionState {
                     ..inflight
                 };
                 slot.inflight.insert(req, inflight);
+                self.inflight_channels.insert(req, channel);
             }
             return;
         }
@@ -408,7 +409,8 @@ impl RegionState {
         }
         .to_info();
 
-        for (_, inflight) in std::mem::take(&mut slot.inflight) {
+        for (req, inflight) in std::mem::take(&mut slot.inflight) {
+            self.inflight_channels.remove(&req);
             let _ = inflight.reply.send(Err(error.clone()));
         }
         let failed = ProtocolMessage {
@@ -448,6 +450,7 @@ impl RegionState {
                 .collect();
             for req in expired {
                 let inflight = slot.inflight.remove(&req).expect("listed");
+                self.inflight_channels.remove(&req);
                 let _ = inflight.reply.send(Err(error.clone()));
             }
         }

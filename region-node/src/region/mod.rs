@@ -88,6 +88,9 @@ pub struct RegionState {
     replicas: HashMap<String, Replica>,
     acquiring: HashMap<String, Acquire>,
     clients: HashMap<String, ClientSlot>,
+    /// The channel whose ChannelClient holds each in-flight publish, by request id,
+    /// so an answer finds its publish without visiting every channel.
+    inflight_channels: HashMap<u64, String>,
     history: HashMap<u64, HistoryRequest>,
     next_req: u64,
     /// Every channel home of this node's catalog copy.
@@ -135,6 +138,7 @@ impl RegionState {
             replicas: HashMap::new(),
             acquiring: HashMap::new(),
             clients: HashMap::new(),
+            inflight_channels: HashMap::new(),
             history: HashMap::new(),
             next_req: 1,
             homes: HashMap::new(),
