@@ -437,6 +437,23 @@ impl RegionState {
         }
     }
 
+    /// On a tick: the routing step of every ChannelClient that still waits for
+    /// something (a subscription, an answer, a master). The others follow the ring,
+    /// which only changes with the view, when `reroute_clients` visits them all.
+    pub(super) fn follow_unsettled(&mut self) {
+        let unsettled: Vec<String> = (self.clients.iter())
+            .filter(|(_, slot)| {
+                slot.master.is_none()
+                    || (slot.wants_frames && !slot.subscribed)
+                    || !slot.inflight.is_empty()
+            })
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in unsettled {
+            self.follow(&channel);
+        }
+    }
+
     /// Refuses local publishes that waited too long for any master.
     pub(super) fn expire_publishes(&mut self) {
         let now = self.now_ms;

@@ -216,7 +216,7 @@ impl RegionState {
     pub fn tick(&mut self) {
         self.retry_acquires();
         self.resend_to_lagging_copies();
-        self.reroute_clients();
+        self.follow_unsettled();
         self.expire_publishes();
         self.retry_history();
         self.touch_homes();
