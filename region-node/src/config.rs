@@ -119,9 +119,9 @@ pub struct NodeConfig {
     /// Secret that authenticates connection keys. Generated into the data directory
     /// when absent; every node of a cluster must share it for resumes across nodes.
     pub cluster_secret: Option<String>,
-    /// Threads of the node's async runtime; unset: one per core (or
+    /// Threads of the node's async runtime; 0: one per core (or
     /// `TOKIO_WORKER_THREADS`).
-    pub worker_threads: Option<usize>,
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,7 +297,7 @@ impl Default for NodeConfig {
             region: "local".into(),
             data_dir: PathBuf::from("starling-data"),
             cluster_secret: None,
-            worker_threads: None,
+            worker_threads: 0,
         }
     }
 }
@@ -772,6 +772,18 @@ mod tests {
         let tls = load_with_env(None, &env).unwrap().config.client_tls;
         assert_eq!(tls.key.as_deref(), Some(Path::new("k.pem")));
         assert_eq!(tls.reload_check_ms, 10_000);
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_core_and_are_read_from_the_environment() {
+        assert_eq!(
+            load_with_env(None, &[]).unwrap().config.node.worker_threads,
+            0
+        );
+        let env = vec![("STARLING_NODE__WORKER_THREADS".into(), "1".into())];
+        let loaded = load_with_env(None, &env).unwrap();
+        assert_eq!(loaded.config.node.worker_threads, 1);
+        assert!(loaded.warnings.is_empty());
     }
 
     #[test]

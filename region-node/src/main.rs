@@ -114,7 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Cmd::Dev(args)) => {
             init_tracing(&config::LogConfig::default());
-            runtime(None)?.block_on(launcher::run(args, shutdown_signal()))
+            runtime(0)?.block_on(launcher::run(args, shutdown_signal()))
         }
     }
 }
@@ -162,13 +162,12 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
     ))
 }
 
-/// The multi-threaded runtime, with `threads` workers when configured (else one per
-/// core, or `TOKIO_WORKER_THREADS`).
-fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+/// The multi-threaded runtime, with `threads` workers (0: one per core, or
+/// `TOKIO_WORKER_THREADS`).
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some(threads) = threads {
-        anyhow::ensure!(threads >= 1, "node.worker_threads must be at least 1");
+    if threads > 0 {
         builder.worker_threads(threads);
     }
     builder.build().context("starting the runtime")
