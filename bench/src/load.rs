@@ -29,7 +29,7 @@ pub const MAX_STEPS: usize = 256;
 /// Latencies a subscriber buffers before merging them into the shared histograms.
 const LOCAL_BUFFER: usize = 2048;
 /// Sockets opened at once while setting up.
-const CONNECT_CONCURRENCY: usize = 64;
+const CONNECT_CONCURRENCY: usize = 32;
 /// How long the deliveries of a step may trail its last publish.
 const SETTLE: Duration = Duration::from_secs(2);
 

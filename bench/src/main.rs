@@ -196,8 +196,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             secs,
         } => {
             let run = workloads::mesh(&opts, subscribers, rate, secs).await?;
-            let rows = vec![step_row(&run.one_node), step_row(&run.three_nodes)];
-            print_steps(&[], &rows);
+            let rows = vec![
+                labelled("one node", &run.one_node),
+                labelled("three nodes", &run.three_nodes),
+            ];
+            print_steps(&["layout"], &rows);
             println!("p99 added by the mesh: {:.2} ms", run.p99_added_ms);
             report::write_json(&out.join("mesh.json"), &run)
         }
@@ -214,10 +217,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let run = workloads::federation(&opts, subscribers, rate, secs).await?;
             let rows = vec![
-                step_row(&run.homed_at_subscriber),
-                step_row(&run.homed_at_publisher),
+                labelled("homed at subscriber (eu)", &run.homed_at_subscriber),
+                labelled("homed at publisher (us)", &run.homed_at_publisher),
             ];
-            print_steps(&[], &rows);
+            print_steps(&["channel"], &rows);
             report::write_json(&out.join("federation.json"), &run)
         }
         Cmd::Compare(args) => compare::run(args, opts, out).await,
@@ -253,6 +256,12 @@ fn step_row(s: &StepResult) -> Vec<String> {
         format!("{:.2}", s.generator_cpu_s),
         if s.sustained { "yes" } else { "no" }.into(),
     ]
+}
+
+fn labelled(label: &str, s: &StepResult) -> Vec<String> {
+    let mut row = vec![label.to_owned()];
+    row.extend(step_row(s));
+    row
 }
 
 fn print_steps(prefix: &[&str], rows: &[Vec<String>]) {

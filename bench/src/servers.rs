@@ -346,9 +346,19 @@ impl Region {
             .arg(dir.path().join("data"))
             .arg("--describe")
             .arg(&describe_path)
+            // One global master inside the launcher: no global-master binary needed.
+            .arg("--global-masters")
+            .arg("1")
             .envs(starling_env(opts));
         let mut child = spawn(command, dir.path())?;
-        let describe = wait_for_describe(&mut child, &describe_path, dir.path()).await?;
+        let describe = match wait_for_describe(&mut child, &describe_path, dir.path()).await {
+            Ok(describe) => describe,
+            Err(error) => {
+                let _ = child.kill();
+                let kept = dir.keep();
+                return Err(error.context(format!("region logs kept in {}", kept.display())));
+            }
+        };
         Ok(Region {
             describe,
             child,

@@ -15,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// How long a handshake (upgrade, CONNECTED, ATTACHED, PONG) may take.
-const HANDSHAKE: Duration = Duration::from_secs(30);
+const HANDSHAKE: Duration = Duration::from_secs(300);
 
 const ACTION_ACK: i64 = 1;
 const ACTION_NACK: i64 = 2;
@@ -190,34 +190,41 @@ async fn ably_handshake(ws: &mut Ws, channels: &[String], msgpack: bool) -> anyh
             first.error
         );
     }
-    for channel in channels {
-        let attach = AblyFrame {
-            action: ACTION_ATTACH,
-            channel: Some(channel),
-            msg_serial: None,
-            messages: None,
-        };
-        ws.feed(ably_encode(&attach, msgpack)).await?;
-    }
-    ws.flush().await?;
+    // A few attaches in flight at a time: each new channel is a write to the global
+    // master (its home), and a flood of them can delay the region's lease heartbeat.
+    for chunk in channels.chunks(ATTACH_CHUNK) {
+        for channel in chunk {
+            let attach = AblyFrame {
+                action: ACTION_ATTACH,
+                channel: Some(channel),
+                msg_serial: None,
+                messages: None,
+            };
+            ws.feed(ably_encode(&attach, msgpack)).await?;
+        }
+        ws.flush().await?;
 
-    let mut attached = 0;
-    while attached < channels.len() {
-        let header = ably_header(&next_data(ws).await?, msgpack)?;
-        match header.action {
-            ACTION_ATTACHED => attached += 1,
-            ACTION_ERROR | ACTION_DISCONNECTED => {
-                bail!(
-                    "attach refused: action {} {:?}",
-                    header.action,
-                    header.error
-                )
+        let mut attached = 0;
+        while attached < chunk.len() {
+            let header = ably_header(&next_data(ws).await?, msgpack)?;
+            match header.action {
+                ACTION_ATTACHED => attached += 1,
+                ACTION_ERROR | ACTION_DISCONNECTED => {
+                    bail!(
+                        "attach refused: action {} {:?}",
+                        header.action,
+                        header.error
+                    )
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
     Ok(())
 }
+
+/// ATTACHes one socket has in flight while subscribing.
+const ATTACH_CHUNK: usize = 20;
 
 async fn nats_handshake(ws: &mut Ws, subjects: &[String]) -> anyhow::Result<()> {
     let info = next_data(ws).await?;

@@ -425,7 +425,14 @@ pub async fn failover(
 
     // Everything ACKed should arrive; wait for it, boundedly.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while load.acks().acked + load.acks().nacked < published && Instant::now() < deadline {
+    loop {
+        let answered = {
+            let acks = load.acks();
+            acks.acked + acks.nacked
+        };
+        if answered >= published || Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let acked_now = load.acks().acked;
