@@ -79,84 +79,163 @@ pub async fn run(args: CompareArgs, opts: ServerOpts, out: PathBuf) -> anyhow::R
     let wants = |name: &str| args.workloads.iter().any(|w| w == name);
 
     if wants("fanout") {
-        for &subs in &args.subscribers {
-            fanout(&args, &opts, &servers, subs, secs, &mut results).await?;
+        let outcome: anyhow::Result<()> = async {
+            for &subs in &args.subscribers {
+                fanout(&args, &opts, &servers, subs, secs, &mut results).await?;
+            }
+            plot_fanout(&results, &out)?;
+            Ok(())
         }
-        plot_fanout(&results, &out)?;
+        .await;
+        if let Err(error) = outcome {
+            failed(&mut results, "fanout", &error);
+        }
+        save(&results, &out)?;
     }
     if wants("light") {
-        light(&args, &opts, &servers, secs, &mut results).await?;
+        let outcome: anyhow::Result<()> = async {
+            light(&args, &opts, &servers, secs, &mut results).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            failed(&mut results, "light", &error);
+        }
+        save(&results, &out)?;
     }
     if wants("idle") {
-        idle(&args, &opts, &servers, &mut results).await?;
+        let outcome: anyhow::Result<()> = async {
+            idle(&args, &opts, &servers, &mut results).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            failed(&mut results, "idle", &error);
+        }
+        save(&results, &out)?;
     }
     if wants("channels") {
-        channels(&args, &opts, &servers, secs, &mut results).await?;
-        plot_channels(&results, &out)?;
+        let outcome: anyhow::Result<()> = async {
+            channels(&args, &opts, &servers, secs, &mut results).await?;
+            plot_channels(&results, &out)?;
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            failed(&mut results, "channels", &error);
+        }
+        save(&results, &out)?;
     }
     if wants("threads") {
-        threads(&args, &opts, secs, &mut results).await?;
+        let outcome: anyhow::Result<()> = async {
+            threads(&args, &opts, secs, &mut results).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            failed(&mut results, "threads", &error);
+        }
+        save(&results, &out)?;
     }
     if wants("mesh") {
-        let run = workloads::mesh(&opts, LIGHT_SUBS, LIGHT_RATE, secs).await?;
-        results.summary.push(vec![
-            format!("mesh p99, {LIGHT_SUBS} subs @ {LIGHT_RATE}/s (3 nodes vs 1)"),
-            format!("{:.2} ms", run.three_nodes.p99_ms),
-            format!("{:.2} ms (one node)", run.one_node.p99_ms),
-            format!("+{:.2} ms", run.p99_added_ms),
-        ]);
-        results.mesh.push(run);
+        let outcome: anyhow::Result<()> = async {
+            let run = workloads::mesh(&opts, LIGHT_SUBS, LIGHT_RATE, secs).await?;
+            results.summary.push(vec![
+                format!("mesh p99, {LIGHT_SUBS} subs @ {LIGHT_RATE}/s (3 nodes vs 1)"),
+                format!("{:.2} ms", run.three_nodes.p99_ms),
+                format!("{:.2} ms (one node)", run.one_node.p99_ms),
+                format!("+{:.2} ms", run.p99_added_ms),
+            ]);
+            results.mesh.push(run);
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            failed(&mut results, "mesh", &error);
+        }
+        save(&results, &out)?;
     }
     if wants("failover") {
-        let run = workloads::failover(
-            &opts,
-            200.0,
-            Duration::from_secs(3),
-            Duration::from_secs(if args.quick { 8 } else { 12 }),
-        )
-        .await?;
-        results.summary.push(vec![
-            "failover: ACKs resume after the master's node is killed".into(),
-            format!(
-                "{:.0} ms (longest ACK gap {:.0} ms)",
-                run.recovery_ms, run.ack_gap_ms
-            ),
-            format!(
-                "lost {} of {} ACKed, {} NACKed",
-                run.lost, run.acked, run.nacked
-            ),
-            String::new(),
-        ]);
-        results.failover.push(run);
+        let outcome: anyhow::Result<()> = async {
+            let run = workloads::failover(
+                &opts,
+                200.0,
+                Duration::from_secs(3),
+                Duration::from_secs(if args.quick { 8 } else { 12 }),
+            )
+            .await?;
+            results.summary.push(vec![
+                "failover: ACKs resume after the master's node is killed".into(),
+                format!(
+                    "{:.0} ms (longest ACK gap {:.0} ms)",
+                    run.recovery_ms, run.ack_gap_ms
+                ),
+                format!(
+                    "lost {} of {} ACKed, {} NACKed",
+                    run.lost, run.acked, run.nacked
+                ),
+                String::new(),
+            ]);
+            results.failover.push(run);
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            failed(&mut results, "failover", &error);
+        }
+        save(&results, &out)?;
     }
     if wants("federation") {
-        let run = workloads::federation(&opts, LIGHT_SUBS, LIGHT_RATE, secs).await?;
-        results.summary.push(vec![
-            format!("federation p50/p99, {LIGHT_SUBS} subs @ {LIGHT_RATE}/s, no delay"),
-            format!(
-                "homed at subscriber {:.2}/{:.2} ms",
-                run.homed_at_subscriber.p50_ms, run.homed_at_subscriber.p99_ms
-            ),
-            format!(
-                "homed at publisher {:.2}/{:.2} ms",
-                run.homed_at_publisher.p50_ms, run.homed_at_publisher.p99_ms
-            ),
-            String::new(),
-        ]);
-        results.federation.push(run);
+        let outcome: anyhow::Result<()> = async {
+            let run = workloads::federation(&opts, LIGHT_SUBS, LIGHT_RATE, secs).await?;
+            results.summary.push(vec![
+                format!("federation p50/p99, {LIGHT_SUBS} subs @ {LIGHT_RATE}/s, no delay"),
+                format!(
+                    "homed at subscriber {:.2}/{:.2} ms",
+                    run.homed_at_subscriber.p50_ms, run.homed_at_subscriber.p99_ms
+                ),
+                format!(
+                    "homed at publisher {:.2}/{:.2} ms",
+                    run.homed_at_publisher.p50_ms, run.homed_at_publisher.p99_ms
+                ),
+                String::new(),
+            ]);
+            results.federation.push(run);
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            failed(&mut results, "federation", &error);
+        }
+        save(&results, &out)?;
     }
-
     println!("{}", report::table(&SUMMARY, &results.summary));
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("summary.md"),
-        report::markdown(&SUMMARY, &results.summary),
-    )?;
-    report::write_json(&out.join("compare.json"), &results)?;
+    save(&results, &out)?;
     println!("results in {}", out.display());
     Ok(())
 }
 
+/// A workload that could not finish is reported as such; the others still run.
+fn failed(results: &mut Results, what: &str, error: &anyhow::Error) {
+    eprintln!("{what} failed: {error:#}");
+    let reason: String = format!("{error:#}").chars().take(300).collect();
+    results.summary.push(vec![
+        format!("{what}: failed"),
+        reason,
+        String::new(),
+        String::new(),
+    ]);
+}
+
+/// Writes what is known so far: a long run that fails later keeps its results.
+fn save(results: &Results, out: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("summary.md"),
+        report::markdown(&SUMMARY, &results.summary),
+    )?;
+    report::write_json(&out.join("compare.json"), results)
+}
 /// Ratios of Starling's value to each peer's, run by run.
 fn ratios(starling: &[f64], peer: &[f64]) -> Spread {
     let r: Vec<f64> = starling
@@ -341,12 +420,20 @@ async fn channels(
         .filter(|k| *k != Kind::Bare)
         .collect();
     let runs = args.runs.min(3);
-    for &m in &args.channels {
+    'counts: for &m in &args.channels {
         for _ in 0..runs {
             for &kind in &servers {
                 let server = opts.start(kind).await?;
-                let run =
-                    workloads::channels(&server, m, CHANNELS_SOCKETS, CHANNELS_RATE, secs).await?;
+                let outcome =
+                    workloads::channels(&server, m, CHANNELS_SOCKETS, CHANNELS_RATE, secs).await;
+                let run = match outcome {
+                    Ok(run) => run,
+                    Err(error) => {
+                        // Reported, and the larger counts still run.
+                        failed(results, &format!("channels {m} on {}", kind.name()), &error);
+                        continue 'counts;
+                    }
+                };
                 eprintln!(
                     "channels {m}: {} {:.2} µs CPU per delivery (setup {:.1} s)",
                     kind.name(),
