@@ -218,7 +218,7 @@ pub async fn run(args: CompareArgs, opts: ServerOpts, out: PathBuf) -> anyhow::R
 /// A workload that could not finish is reported as such; the others still run.
 fn failed(results: &mut Results, what: &str, error: &anyhow::Error) {
     eprintln!("{what} failed: {error:#}");
-    let reason: String = format!("{error:#}").chars().take(300).collect();
+    let reason: String = format!("{error:#}").chars().take(120).collect();
     results.summary.push(vec![
         format!("{what}: failed"),
         reason,
