@@ -237,6 +237,23 @@ fn save(results: &Results, out: &std::path::Path) -> anyhow::Result<()> {
     report::write_json(&out.join("compare.json"), results)
 }
 /// Ratios of Starling's value to each peer's, run by run.
+/// One row of the comparison table: the measure, Starling's median, the peer's, and
+/// the median of the per-run ratios with their spread; `show` formats a median.
+fn versus(
+    measure: String,
+    starling: &[f64],
+    peer: Kind,
+    theirs: &[f64],
+    show: impl Fn(f64) -> String,
+) -> Vec<String> {
+    vec![
+        measure,
+        show(report::median(starling)),
+        format!("{}: {}", peer.name(), show(report::median(theirs))),
+        ratios(starling, theirs).show(2),
+    ]
+}
+
 fn ratios(starling: &[f64], peer: &[f64]) -> Spread {
     let r: Vec<f64> = starling
         .iter()
@@ -280,16 +297,13 @@ async fn fanout(
     let starling = rates(Kind::Starling);
     for &peer in &servers[1..] {
         let theirs = rates(peer);
-        results.summary.push(vec![
+        results.summary.push(versus(
             format!("sustained fanout, {subs} subs (deliveries/s)"),
-            report::thousands(report::median(&starling) * subs as f64),
-            format!(
-                "{}: {}",
-                peer.name(),
-                report::thousands(report::median(&theirs) * subs as f64)
-            ),
-            ratios(&starling, &theirs).show(2),
-        ]);
+            &starling,
+            peer,
+            &theirs,
+            |rate| report::thousands(rate * subs as f64),
+        ));
     }
 
     // Latency at half of Starling's sustained rate, every server at that same rate.
@@ -314,15 +328,13 @@ async fn fanout(
         })
     };
     for &peer in &servers[1..] {
-        results.summary.push(vec![
-            format!(
-                "p99 at half of Starling's sustained rate ({} msgs/s), {subs} subs",
-                report::thousands(half)
-            ),
-            format!("{:.2} ms", report::median(&p99(Kind::Starling))),
-            format!("{}: {:.2} ms", peer.name(), report::median(&p99(peer))),
-            ratios(&p99(Kind::Starling), &p99(peer)).show(2),
-        ]);
+        let measure = format!(
+            "p99 at half of Starling's sustained rate ({} msgs/s), {subs} subs",
+            report::thousands(half)
+        );
+        let (ours, theirs) = (p99(Kind::Starling), p99(peer));
+        let row = versus(measure, &ours, peer, &theirs, |ms| format!("{ms:.2} ms"));
+        results.summary.push(row);
     }
     Ok(())
 }
@@ -354,12 +366,10 @@ async fn light(
             ("p50", (|s: &StepResult| s.p50_ms) as fn(&StepResult) -> f64),
             ("p99", |s| s.p99_ms),
         ] {
-            results.summary.push(vec![
-                format!("light load {name} ({LIGHT_RATE} msgs/s to {LIGHT_SUBS} subs)"),
-                format!("{:.3} ms", report::median(&pick(Kind::Starling, f))),
-                format!("{}: {:.3} ms", peer.name(), report::median(&pick(peer, f))),
-                ratios(&pick(Kind::Starling, f), &pick(peer, f)).show(2),
-            ]);
+            let measure = format!("light load {name} ({LIGHT_RATE} msgs/s to {LIGHT_SUBS} subs)");
+            let (ours, theirs) = (pick(Kind::Starling, f), pick(peer, f));
+            let row = versus(measure, &ours, peer, &theirs, |ms| format!("{ms:.3} ms"));
+            results.summary.push(row);
         }
     }
     Ok(())
@@ -392,15 +402,13 @@ async fn idle(
             })
         };
         for &peer in &servers[1..] {
-            results.summary.push(vec![
-                format!(
-                    "resident memory per idle connection at {}",
-                    report::thousands(k as f64)
-                ),
-                format!("{:.0} B", report::median(&per(Kind::Starling))),
-                format!("{}: {:.0} B", peer.name(), report::median(&per(peer))),
-                ratios(&per(Kind::Starling), &per(peer)).show(2),
-            ]);
+            let measure = format!(
+                "resident memory per idle connection at {}",
+                report::thousands(k as f64)
+            );
+            let (ours, theirs) = (per(Kind::Starling), per(peer));
+            let row = versus(measure, &ours, peer, &theirs, |b| format!("{b:.0} B"));
+            results.summary.push(row);
         }
     }
     Ok(())
