@@ -345,15 +345,28 @@ impl Connection {
     }
 
     fn publish(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
-        let Some(msg_serial) = pm.msg_serial else {
-            replies.now.push(fatal(&AblyError::MalformedFrame(
-                "MESSAGE without msgSerial".into(),
-            )));
+        let channel = pm.channel.unwrap_or_default();
+        let messages = pm.messages.unwrap_or_default();
+        self.acked("MESSAGE", pm.msg_serial, replies, |connection, serial| {
+            connection.try_publish(&channel, messages, serial)
+        })
+    }
+
+    /// A frame answered with an ACK or NACK in its turn (MESSAGE, PRESENCE): without
+    /// a msgSerial there is nothing to answer, which is fatal.
+    fn acked(
+        &mut self,
+        kind: &str,
+        msg_serial: Option<i64>,
+        replies: &mut Replies,
+        attempt: impl FnOnce(&mut Self, i64) -> Result<oneshot::Receiver<Outcome>, AblyError>,
+    ) -> Next {
+        let Some(msg_serial) = msg_serial else {
+            let error = AblyError::MalformedFrame(format!("{kind} without msgSerial"));
+            replies.now.push(fatal(&error));
             return Next::Close;
         };
-        let channel = pm.channel.unwrap_or_default();
-        let pending = match self.try_publish(&channel, pm.messages.unwrap_or_default(), msg_serial)
-        {
+        let pending = match attempt(self, msg_serial) {
             Ok(outcome) => PendingAck {
                 msg_serial,
                 outcome,
@@ -407,24 +420,11 @@ impl Connection {
     /// Enter, update or leave (for this connection's clientId, or any clientId for a
     /// wildcard one), acknowledged like a publish.
     fn presence(&mut self, pm: ProtocolMessage, replies: &mut Replies) -> Next {
-        let Some(msg_serial) = pm.msg_serial else {
-            replies.now.push(fatal(&AblyError::MalformedFrame(
-                "PRESENCE without msgSerial".into(),
-            )));
-            return Next::Close;
-        };
         let channel = pm.channel.unwrap_or_default();
         let events = pm.presence.unwrap_or_default();
-        let pending = match self.try_presence(&channel, events, msg_serial) {
-            Ok(outcome) => PendingAck {
-                msg_serial,
-                outcome,
-                received: tokio::time::Instant::now(),
-            },
-            Err(error) => refused(msg_serial, &error),
-        };
-        replies.acks.push_back(pending);
-        Next::Continue
+        self.acked("PRESENCE", pm.msg_serial, replies, |connection, serial| {
+            connection.try_presence(&channel, events, serial)
+        })
     }
 
     fn try_presence(
