@@ -265,6 +265,7 @@ async fn pump(
             }
             inbound = socket.recv() => {
                 last_heard = Instant::now();
+                let unreadable = matches!(inbound, Some(Err(_)));
                 let next = match inbound {
                     Some(Ok(frame)) => on_frame(frame, connection, &mut replies),
                     Some(Err(error)) => on_read_error(&error, &mut replies, node),
@@ -282,7 +283,7 @@ async fn pump(
                 }
                 if next == Next::Close {
                     let _ = socket.close().await;
-                    drain_briefly(socket).await;
+                    drain_briefly(socket, unreadable).await;
                     return last_heard;
                 }
                 if connection.identity().expires_ms() != expires_ms {
@@ -452,7 +453,7 @@ async fn last_word(
     socket.feed(to_ws(codec::encode(&pm, format))).await?;
     socket.flush().await?;
     let _ = socket.close().await;
-    drain_briefly(socket).await;
+    drain_briefly(socket, false).await;
     Err(axum::Error::new(AblyError::Internal(
         "connection ended by the node".into(),
     )))
@@ -461,9 +462,15 @@ async fn last_word(
 /// Reads (and drops) what the client still sends, for a moment, before the socket is
 /// dropped: closing a TCP socket with unread input resets it, and the reset can reach
 /// the client before the last frame it was sent, which it would then never read.
-async fn drain_briefly(socket: &mut WebSocket) {
+/// A socket that can no longer be read (`unreadable`: a frame over the limit left the
+/// rest of itself unread) is held open for that moment instead, so the client reads
+/// the last frame before the reset.
+async fn drain_briefly(socket: &mut WebSocket, unreadable: bool) {
     const DRAIN: Duration = Duration::from_millis(500);
     let deadline = Instant::now() + DRAIN;
+    if unreadable {
+        return tokio::time::sleep_until(deadline).await;
+    }
     while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.recv()).await {}
 }
 
