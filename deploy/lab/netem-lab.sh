@@ -69,7 +69,8 @@ gm_bin="$bin_dir/global-master"
 tag="$(printf '%04x' "$$" | tail -c 4)"
 prefix="stlab-$tag"
 hub="$prefix-hub"
-work="$(mktemp -d "/tmp/starling-lab-$tag.XXXXXX")"
+# The run's folder (configs, logs, data): a fresh one under $TMPDIR.
+work="$(mktemp -d)"
 pids=()
 namespaces=()
 
