@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
 use crate::auth::Identity;
-use crate::channel_master::{HistoryQuery, Publish};
+use crate::channel_master::{HistoryPage, HistoryQuery, Publish};
 use crate::channels::{channel_key, validate_name};
 use crate::connection::prepare_messages;
 use crate::data_dir::random_string;
@@ -201,10 +201,14 @@ async fn try_publish(
     }))
 }
 
-async fn try_history(
+/// A read through the channel's master (history, presence) for a caller allowed
+/// `op`: `plan` turns the request's parameters into the query, and into whatever the
+/// answer's links need.
+pub(super) async fn read_channel<P>(
     request: ChannelRequest<'_>,
-    format: Format,
-) -> Result<Reply<Vec<Message>>, AblyError> {
+    op: &'static str,
+    plan: impl FnOnce(&Params) -> Result<(HistoryQuery, P), AblyError>,
+) -> Result<(HistoryPage, P), AblyError> {
     let node = request.node;
     let Opened {
         name,
@@ -212,14 +216,26 @@ async fn try_history(
         identity,
         params,
     } = request.open()?;
-    require(&identity, &name, "history")?;
-    let history = HistoryParams::parse(&params)?;
+    require(&identity, &name, op)?;
+    let (query, planned) = plan(&params)?;
 
     let page = node
         .region
-        .history(&channel, history.query())
+        .history(&channel, query)
         .await
         .map_err(AblyError::Remote)?;
+    Ok((page, planned))
+}
+
+async fn try_history(
+    request: ChannelRequest<'_>,
+    format: Format,
+) -> Result<Reply<Vec<Message>>, AblyError> {
+    let (page, history) = read_channel(request, "history", |params| {
+        let history = HistoryParams::parse(params)?;
+        Ok((history.query(), history))
+    })
+    .await?;
     let mut messages = page.messages;
     // The master keeps binary payloads as bytes; a JSON body needs them as base64.
     if format == Format::Json {

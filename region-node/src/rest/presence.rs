@@ -11,7 +11,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::auth::authenticate;
-use super::channels::{require, ChannelRequest, HistoryParams, Opened};
+use super::channels::{read_channel, require, ChannelRequest, HistoryParams};
 use super::request::Params;
 use super::response::{Negotiation, Reply};
 use crate::channel_master::{HistoryQuery, ReadKind};
@@ -60,23 +60,13 @@ async fn try_members(
     request: ChannelRequest<'_>,
     format: Format,
 ) -> Result<Reply<Vec<PresenceMessage>>, AblyError> {
-    let node = request.node;
-    let Opened {
-        name,
-        channel,
-        identity,
-        params,
-    } = request.open()?;
     // Reading the set is subscribing's privilege, as in realtime (presence_subscribe
     // is granted by `subscribe`); `presence` is for entering.
-    require(&identity, &name, "subscribe")?;
-    let page = MemberPage::parse(&params)?;
-
-    let read = node
-        .region
-        .history(&channel, page.query())
-        .await
-        .map_err(AblyError::Remote)?;
+    let (read, page) = read_channel(request, "subscribe", |params| {
+        let page = MemberPage::parse(params)?;
+        Ok((page.query(), page))
+    })
+    .await?;
     let link = page.link(read.next_member.as_ref());
     Ok(Reply::ok(for_format(read.presence, format)).with_link(Some(link)))
 }
@@ -85,25 +75,15 @@ async fn try_history(
     request: ChannelRequest<'_>,
     format: Format,
 ) -> Result<Reply<Vec<PresenceMessage>>, AblyError> {
-    let node = request.node;
-    let Opened {
-        name,
-        channel,
-        identity,
-        params,
-    } = request.open()?;
-    require(&identity, &name, "history")?;
-    let history = HistoryParams::parse(&params)?;
-    let query = HistoryQuery {
-        kind: ReadKind::PresenceHistory,
-        ..history.query()
-    };
-
-    let read = node
-        .region
-        .history(&channel, query)
-        .await
-        .map_err(AblyError::Remote)?;
+    let (read, history) = read_channel(request, "history", |params| {
+        let history = HistoryParams::parse(params)?;
+        let query = HistoryQuery {
+            kind: ReadKind::PresenceHistory,
+            ..history.query()
+        };
+        Ok((query, history))
+    })
+    .await?;
     let link = history.link_to("history", read.next);
     Ok(Reply::ok(for_format(read.presence, format)).with_link(Some(link)))
 }
