@@ -55,7 +55,11 @@ fn channel(prefix: &str, i: usize) -> String {
 }
 
 fn fanout_layout(publisher: Endpoint, subscribers: Endpoint, subs: usize) -> Layout {
-    let ch = channel("fanout", 0);
+    fanout_on(publisher, subscribers, subs, channel("fanout", 0))
+}
+
+/// One publisher and `subs` subscribers on the channel `ch`.
+fn fanout_on(publisher: Endpoint, subscribers: Endpoint, subs: usize, ch: String) -> Layout {
     Layout {
         publisher,
         subscribers: (0..subs)
@@ -557,17 +561,7 @@ pub async fn federation(
         let name = channel("fed", results.len());
         // The first region to sequence a channel becomes its home.
         home_channel(home, &name).await?;
-        let layout = Layout {
-            publisher: eb.clone(),
-            subscribers: (0..subs)
-                .map(|_| (ea.clone(), vec![name.clone()]))
-                .collect(),
-            sources: Vec::new(),
-            channels: vec![name],
-            fanout: subs as u64,
-            batch: FANOUT_BATCH,
-            track: false,
-        };
+        let layout = fanout_on(eb.clone(), ea.clone(), subs, name);
         let mut load = Load::start(layout, 1).await?;
         let bar = load::bar(label, (rate * secs) as u64 * subs as u64);
         results.push(load.run_step(0, Step { rate, secs }, &cpu, &bar).await?);
