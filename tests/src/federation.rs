@@ -134,6 +134,14 @@ impl Launcher {
         }
     }
 
+    /// Passes a scenario's result on, printing the launcher's log when it failed.
+    pub fn explain(&self, result: Result<()>) -> Result<()> {
+        if result.is_err() {
+            eprintln!("--- launcher log ---\n{}", self.log());
+        }
+        result
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("launcher.log")).unwrap_or_default()
     }

@@ -129,10 +129,7 @@ async fn dev_starts_a_federation_and_ctrl_c_stops_every_process() -> Result<()> 
         "3",
     ])?;
     let result = scenario(&mut launcher).await;
-    if result.is_err() {
-        eprintln!("--- launcher log ---\n{}", launcher.log());
-    }
-    result
+    launcher.explain(result)
 }
 
 async fn scenario(launcher: &mut Launcher) -> Result<()> {

@@ -118,10 +118,7 @@ async fn a_federation_reports_itself_in_metrics_grafana_and_the_dashboard() -> R
         "3",
     ])?;
     let result = scenario(&mut launcher).await;
-    if result.is_err() {
-        eprintln!("--- launcher log ---\n{}", launcher.log());
-    }
-    result
+    launcher.explain(result)
 }
 
 async fn scenario(launcher: &mut Launcher) -> Result<()> {
