@@ -133,17 +133,7 @@ impl Members {
 
     /// The current members as SYNC and REST list them: action PRESENT.
     pub fn present(&self) -> Vec<PresenceMessage> {
-        self.map
-            .values()
-            .map(|m| PresenceMessage {
-                action: action::PRESENT,
-                ..m.message.clone()
-            })
-            .collect()
-    }
-
-    pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.map.values()
+        self.present_after(None).collect()
     }
 
     /// The members after the key `(connectionId, clientId)` (all for `None`), in key
