@@ -12,8 +12,9 @@ use std::time::Duration;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
+use futures_util::future::BoxFuture;
 use futures_util::SinkExt;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{debug, debug_span, Instrument};
 
 use crate::auth::{self, Identity};
@@ -21,7 +22,7 @@ use crate::connection::{ack_frame, fatal, Connection, Next, Outcome, PendingAck,
 use crate::connection_key::ConnectionKey;
 use crate::data_dir::random_string;
 use crate::error::AblyError;
-use crate::node::{now_ms, Node};
+use crate::node::{now_ms, Node, SocketSlot};
 use crate::outbox::{self, Inbox, Outgoing};
 use crate::protocol::{
     action, codec, ConnectionDetails, Encoded, ErrorInfo, Format, ProtocolMessage,
@@ -33,8 +34,9 @@ const WRITE_BATCH: usize = 64;
 /// Bytes a socket read asks for. tungstenite zeroes this much before every read, even
 /// one that finds nothing, and every wake-up of a connection's loop polls a read: at
 /// the 128 KiB default that was 43% of a node's CPU under fan-out and 149 KB of
-/// resident memory per idle connection (16.6 KB at 4 KiB, 13.5 KB at 1 KiB). Client
-/// frames are mostly small; a larger one grows the buffer to its length.
+/// resident memory per idle connection (16.6 KB at 4 KiB, 13.5 KB at 1 KiB, before
+/// the connection task and its queue were slimmed). Client frames are mostly small;
+/// a larger one grows the buffer to its length.
 const READ_BUFFER: usize = 1024;
 
 /// Query parameters of the WebSocket URL (protocol.md §1.1), read leniently.
@@ -94,12 +96,17 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(socket, query, node))
 }
 
+/// Admits and authenticates the socket, then hands it to a task of its own. This
+/// future (held by axum's upgrade task) ends there, so what a connection holds for
+/// its life is that one task, whose future is laid out for the largest state it
+/// awaits: the rare, large waits in it (a last word, a close) are boxed.
 async fn serve(mut socket: WebSocket, query: Option<String>, node: Arc<Node>) {
     let params = ConnectParams::parse(query.as_deref());
+    drop(query);
     // The slot is held until this socket ends, authenticating or not, so a node at
     // its limit turns clients away before spending anything on their credentials.
     let limit = node.config.limits.max_connections;
-    let Some(_slot) = node.connections.admit(limit) else {
+    let Some(slot) = node.connections.admit(limit) else {
         metrics::counter!("starling_limit_refusals", "limit" => "connections").increment(1);
         debug!(limit, "refusing connection: the node is full");
         let full = AblyError::NodeFull { limit }.to_info();
@@ -119,13 +126,8 @@ async fn serve(mut socket: WebSocket, query: Option<String>, node: Arc<Node>) {
     // A node cut off from its region's majority sends clients elsewhere (DISCONNECTED
     // is retriable, unlike ERROR).
     if !*node.region.quorum().borrow() {
-        let _ = last_word(
-            &mut socket,
-            action::DISCONNECTED,
-            AblyError::NoQuorum.to_info(),
-            params.format,
-        )
-        .await;
+        let no_quorum = AblyError::NoQuorum.to_info();
+        let _ = last_word(&mut socket, action::DISCONNECTED, no_quorum, params.format).await;
         return;
     }
 
@@ -135,9 +137,45 @@ async fn serve(mut socket: WebSocket, query: Option<String>, node: Arc<Node>) {
         node.connections.supersede(&connection_id).await;
     }
     let span = debug_span!("connection", connection.id = %connection_id, app.id = %identity.app.id);
-    run(socket, params, identity, (connection_id, lost), node)
-        .instrument(span)
-        .await;
+    let wire = Wire::of(&params);
+    let setup = Setup {
+        identity,
+        connection_id,
+        lost,
+        remain_present_for_ms: params.remain_present_for_ms,
+        echo: params.echo,
+        slot,
+    };
+    tokio::spawn(run(socket, wire, setup, node).instrument(span));
+}
+
+/// How frames go to this client, for the life of the connection.
+#[derive(Debug, Clone, Copy)]
+struct Wire {
+    format: Format,
+    /// The client asked for HEARTBEAT frames rather than pings.
+    heartbeats: bool,
+}
+
+impl Wire {
+    fn of(params: &ConnectParams) -> Self {
+        Wire {
+            format: params.format,
+            heartbeats: params.heartbeats,
+        }
+    }
+}
+
+/// What `serve` learned that the connection task starts from.
+struct Setup {
+    identity: Identity,
+    connection_id: Arc<str>,
+    /// Why the connection this client asked to continue could not be.
+    lost: Option<ErrorInfo>,
+    remain_present_for_ms: Option<u64>,
+    echo: bool,
+    /// The node's count of open sockets, given back when the task ends.
+    slot: SocketSlot,
 }
 
 /// The connection id a new transport continues, and why continuity was lost when it
@@ -182,23 +220,28 @@ fn key_renewal(node: &Node) -> Duration {
     Duration::from_millis((node.config.connection.state_ttl_ms / 4).max(1_000))
 }
 
-async fn run(
-    mut socket: WebSocket,
-    params: ConnectParams,
-    identity: Identity,
-    (connection_id, lost): (Arc<str>, Option<ErrorInfo>),
-    node: Arc<Node>,
-) {
+async fn run(mut socket: WebSocket, wire: Wire, setup: Setup, node: Arc<Node>) {
+    let Setup {
+        identity,
+        connection_id,
+        lost,
+        remain_present_for_ms,
+        echo,
+        slot: _slot,
+    } = setup;
     let (outbox, inbox) = outbox::channel(
         connection_id.clone(),
         identity.app.id.as_str().into(),
-        params.format,
+        wire.format,
         node.config.limits.max_connection_queue_bytes,
     );
-    let connected = connected_frame(&node, &connection_id, &identity, lost);
+    let connected = encode(
+        &connected_frame(&node, &connection_id, &identity, lost),
+        wire.format,
+    );
     let holder = identity.token_holder();
-    let mut connection = Connection::new(node.clone(), identity, outbox.clone(), params.echo);
-    if let Some(grace_ms) = params.remain_present_for_ms {
+    let mut connection = Connection::new(node.clone(), identity, outbox.clone(), echo);
+    if let Some(grace_ms) = remain_present_for_ms {
         connection.set_presence_grace_ms(grace_ms);
     }
 
@@ -208,8 +251,8 @@ async fn run(
     debug!("connected");
 
     let mut last_heard = Instant::now();
-    if send(&mut socket, &connected, params.format).await.is_ok() {
-        last_heard = pump(&mut socket, &mut connection, inbox, &node, &params).await;
+    if write(&mut socket, connected).await.is_ok() {
+        last_heard = pump(&mut socket, &mut connection, inbox, &node, wire).await;
     }
 
     // Presence grace counts from the last frame the client sent.
@@ -221,47 +264,32 @@ async fn run(
 }
 
 /// The connection's loop: inbound frames, publish outcomes, queued outbound frames
-/// and keep-alives. Returns when the client was last heard from.
+/// and its deadlines. Returns when the client was last heard from.
 async fn pump(
     socket: &mut WebSocket,
     connection: &mut Connection,
     mut inbox: Inbox,
     node: &Node,
-    params: &ConnectParams,
+    wire: Wire,
 ) -> Instant {
     let idle = node.config.connection.max_idle_interval();
-    let mut keepalive = tokio::time::interval(idle / 2);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut expires_ms = connection.identity().expires_ms();
+    let mut deadlines = Deadlines::new(Instant::now(), idle, key_renewal(node), expires_ms);
+    let timer = tokio::time::sleep_until(deadlines.next());
+    tokio::pin!(timer);
     let mut last_heard = Instant::now();
     let mut replies = Replies::default();
     let mut acks: VecDeque<PendingAck> = VecDeque::new();
 
-    // The token's expiry, on tokio's clock; re-armed when in-band AUTH renews it.
-    let mut expires_ms = connection.identity().expires_ms();
-    let expiry = tokio::time::sleep_until(token_deadline(expires_ms));
-    tokio::pin!(expiry);
-
-    // A fresh connection key now and then (an unsolicited CONNECTED, which clients
-    // take as a details update), so a key's age tells how long ago the connection
-    // was last alive, on whichever node it is presented.
-    let renewal = key_renewal(node);
-    let mut renew_key = tokio::time::interval_at(Instant::now() + renewal, renewal);
-    renew_key.set_missed_tick_behavior(MissedTickBehavior::Delay);
-
     loop {
         tokio::select! {
-            _ = renew_key.tick() => {
-                let id = connection.outbox_id();
-                let update = connected_frame(node, &id, connection.identity(), None);
-                if send(socket, &update, params.format).await.is_err() {
-                    return last_heard;
+            () = &mut timer => {
+                while let Some(due) = deadlines.take_due(Instant::now()) {
+                    if !on_deadline(due, socket, connection, node, wire, last_heard).await {
+                        return last_heard;
+                    }
                 }
-            }
-            () = &mut expiry, if expires_ms.is_some() => {
-                debug!("token expired");
-                let expired = AblyError::TokenExpired.to_info();
-                let _ = last_word(socket, action::DISCONNECTED, expired, params.format).await;
-                return last_heard;
+                timer.as_mut().reset(deadlines.next());
             }
             inbound = socket.recv() => {
                 last_heard = Instant::now();
@@ -273,11 +301,8 @@ async fn pump(
                 };
                 acks.append(&mut replies.acks);
                 for reply in replies.now.drain(..) {
-                    if reply.action == action::ERROR && reply.channel.is_none() {
-                        // A fatal ERROR fails the connection: it cannot resume.
-                        connection.mark_failed();
-                    }
-                    if send(socket, &reply, params.format).await.is_err() {
+                    let frame = reply_frame(connection, reply, wire.format);
+                    if write(socket, frame).await.is_err() {
                         return last_heard;
                     }
                 }
@@ -288,32 +313,21 @@ async fn pump(
                 }
                 if connection.identity().expires_ms() != expires_ms {
                     expires_ms = connection.identity().expires_ms();
-                    expiry.as_mut().reset(token_deadline(expires_ms));
+                    deadlines.token_renewed(expires_ms);
+                    timer.as_mut().reset(deadlines.next());
                 }
             }
             outcome = first_outcome(&mut acks), if !acks.is_empty() => {
-                let written = send_acks(socket, outcome, &mut acks, params.format);
+                let written = send_acks(socket, outcome, &mut acks, wire.format);
                 if !within(idle, written).await {
                     return last_heard;
                 }
             }
-            queued = inbox.recv() => {
-                let Some(first) = queued else { return last_heard };
+            first = inbox.recv() => {
                 // A client that stops reading blocks the write; it gets an idle
                 // interval to drain, then the connection is dropped.
-                let written = write_queued(socket, first, &mut inbox, params.format);
+                let written = write_queued(socket, first, &mut inbox, wire.format);
                 if !within(idle, written).await {
-                    return last_heard;
-                }
-            }
-            _ = keepalive.tick() => {
-                // A client that has sent nothing, not even a pong, for three idle
-                // intervals is gone; the link is how we learn it.
-                if last_heard.elapsed() > idle * 3 {
-                    debug!("closing silent connection");
-                    return last_heard;
-                }
-                if keep_alive(socket, params).await.is_err() {
                     return last_heard;
                 }
             }
@@ -321,13 +335,112 @@ async fn pump(
     }
 }
 
-/// When a token expiring at `expires_ms` (wall clock) runs out; far away for none.
-fn token_deadline(expires_ms: Option<i64>) -> Instant {
-    const NEVER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-    let left = expires_ms.map_or(NEVER, |at| {
-        Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
-    });
-    Instant::now() + left
+/// Acts on a deadline that came due; `false` when the connection is over.
+async fn on_deadline(
+    due: Due,
+    socket: &mut WebSocket,
+    connection: &Connection,
+    node: &Node,
+    wire: Wire,
+    last_heard: Instant,
+) -> bool {
+    let idle = node.config.connection.max_idle_interval();
+    match due {
+        Due::TokenExpired => {
+            debug!("token expired");
+            let expired = AblyError::TokenExpired.to_info();
+            let _ = last_word(socket, action::DISCONNECTED, expired, wire.format).await;
+            false
+        }
+        Due::RenewKey => {
+            let id = connection.outbox_id();
+            let update = encode(
+                &connected_frame(node, &id, connection.identity(), None),
+                wire.format,
+            );
+            write(socket, update).await.is_ok()
+        }
+        // A client that has sent nothing, not even a pong, for three idle intervals
+        // is gone; the link is how we learn it.
+        Due::KeepAlive if last_heard.elapsed() > idle * 3 => {
+            debug!("closing silent connection");
+            false
+        }
+        Due::KeepAlive => keep_alive(socket, wire).await.is_ok(),
+    }
+}
+
+/// What a connection's deadlines ask for when they come due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// The token ran out: DISCONNECTED (40142), so the client renews it.
+    TokenExpired,
+    /// A ping or HEARTBEAT, and the check for a client gone silent.
+    KeepAlive,
+    /// A fresh connection key (an unsolicited CONNECTED, which clients take as a
+    /// details update), so a key's age tells how long ago the connection was last
+    /// alive, on whichever node it is presented.
+    RenewKey,
+}
+
+/// A connection's deadlines, served by one timer rather than one each: an idle
+/// connection then costs the timer wheel one entry.
+#[derive(Debug)]
+struct Deadlines {
+    keepalive_every: Duration,
+    renew_every: Duration,
+    keepalive: Instant,
+    renew_key: Instant,
+    /// When the token runs out, on tokio's clock; `None` for a key.
+    token: Option<Instant>,
+}
+
+impl Deadlines {
+    fn new(now: Instant, idle: Duration, renew_every: Duration, expires_ms: Option<i64>) -> Self {
+        let keepalive_every = idle / 2;
+        Deadlines {
+            keepalive_every,
+            renew_every,
+            keepalive: now + keepalive_every,
+            renew_key: now + renew_every,
+            token: expires_ms.map(token_deadline),
+        }
+    }
+
+    /// The earliest deadline.
+    fn next(&self) -> Instant {
+        let next = self.keepalive.min(self.renew_key);
+        self.token.map_or(next, |token| token.min(next))
+    }
+
+    /// The first deadline due at `now`, which is then moved on (a missed period is
+    /// not made up: the next one counts from now).
+    fn take_due(&mut self, now: Instant) -> Option<Due> {
+        if self.token.is_some_and(|token| token <= now) {
+            self.token = None;
+            return Some(Due::TokenExpired);
+        }
+        if self.keepalive <= now {
+            self.keepalive = now + self.keepalive_every;
+            return Some(Due::KeepAlive);
+        }
+        if self.renew_key <= now {
+            self.renew_key = now + self.renew_every;
+            return Some(Due::RenewKey);
+        }
+        None
+    }
+
+    /// In-band AUTH gave the connection a new token (or a key).
+    fn token_renewed(&mut self, expires_ms: Option<i64>) {
+        self.token = expires_ms.map(token_deadline);
+    }
+}
+
+/// When a token expiring at `expires_ms` (wall clock) runs out, on tokio's clock.
+fn token_deadline(expires_ms: i64) -> Instant {
+    let left = u64::try_from(expires_ms - now_ms()).unwrap_or(0);
+    Instant::now() + Duration::from_millis(left)
 }
 
 /// Whether a socket write finished in time and without error.
@@ -357,12 +470,8 @@ async fn send_acks(
     let head = acks.pop_front().expect("an outcome came from the head");
     crate::observe::ack_latency(head.received.elapsed());
     metrics::counter!("starling_frames_out").increment(1);
-    socket
-        .feed(to_ws(codec::encode(
-            &ack_frame(head.msg_serial, outcome),
-            format,
-        )))
-        .await?;
+    let frame = encode(&ack_frame(head.msg_serial, outcome), format);
+    socket.feed(frame).await?;
 
     while let Some(next) = acks.front_mut() {
         let Ok(outcome) = next.outcome.try_recv() else {
@@ -371,12 +480,8 @@ async fn send_acks(
         let next = acks.pop_front().expect("front exists");
         crate::observe::ack_latency(next.received.elapsed());
         metrics::counter!("starling_frames_out").increment(1);
-        socket
-            .feed(to_ws(codec::encode(
-                &ack_frame(next.msg_serial, outcome),
-                format,
-            )))
-            .await?;
+        let frame = encode(&ack_frame(next.msg_serial, outcome), format);
+        socket.feed(frame).await?;
     }
     socket.flush().await
 }
@@ -425,9 +530,9 @@ async fn write_queued(
     while let Some(item) = next.take() {
         match item {
             Outgoing::Frame(frame) => socket.feed(to_ws(frame)).await?,
-            Outgoing::Fail(error) => return last_word(socket, action::ERROR, error, format).await,
+            Outgoing::Fail(error) => return last_word(socket, action::ERROR, *error, format).await,
             Outgoing::Disconnect(error) => {
-                return last_word(socket, action::DISCONNECTED, error, format).await;
+                return last_word(socket, action::DISCONNECTED, *error, format).await;
             }
         }
         written += 1;
@@ -440,23 +545,27 @@ async fn write_queued(
 }
 
 /// Sends a final ERROR or DISCONNECTED and closes; the connection task then ends.
-async fn last_word(
+/// Boxed, as rare waits are (see `serve`).
+fn last_word(
     socket: &mut WebSocket,
     action: i64,
     error: ErrorInfo,
     format: Format,
-) -> Result<(), axum::Error> {
+) -> BoxFuture<'_, Result<(), axum::Error>> {
     let pm = ProtocolMessage {
         error: Some(error),
         ..ProtocolMessage::new(action)
     };
-    socket.feed(to_ws(codec::encode(&pm, format))).await?;
-    socket.flush().await?;
-    let _ = socket.close().await;
-    drain_briefly(socket, false).await;
-    Err(axum::Error::new(AblyError::Internal(
-        "connection ended by the node".into(),
-    )))
+    let frame = encode(&pm, format);
+    Box::pin(async move {
+        socket.feed(frame).await?;
+        socket.flush().await?;
+        let _ = socket.close().await;
+        drain_briefly(socket, false).await;
+        Err(axum::Error::new(AblyError::Internal(
+            "connection ended by the node".into(),
+        )))
+    })
 }
 
 /// Reads (and drops) what the client still sends, for a moment, before the socket is
@@ -465,21 +574,24 @@ async fn last_word(
 /// A socket that can no longer be read (`unreadable`: a frame over the limit left the
 /// rest of itself unread) is held open for that moment instead, so the client reads
 /// the last frame before the reset.
-async fn drain_briefly(socket: &mut WebSocket, unreadable: bool) {
+/// Boxed, as rare waits are (see `serve`).
+fn drain_briefly(socket: &mut WebSocket, unreadable: bool) -> BoxFuture<'_, ()> {
     const DRAIN: Duration = Duration::from_millis(500);
-    let deadline = Instant::now() + DRAIN;
-    if unreadable {
-        return tokio::time::sleep_until(deadline).await;
-    }
-    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.recv()).await {}
+    Box::pin(async move {
+        let deadline = Instant::now() + DRAIN;
+        if unreadable {
+            return tokio::time::sleep_until(deadline).await;
+        }
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.recv()).await {}
+    })
 }
 
-async fn keep_alive(socket: &mut WebSocket, params: &ConnectParams) -> Result<(), axum::Error> {
-    if params.heartbeats {
+async fn keep_alive(socket: &mut WebSocket, wire: Wire) -> Result<(), axum::Error> {
+    if wire.heartbeats {
         send(
             socket,
             &ProtocolMessage::new(action::HEARTBEAT),
-            params.format,
+            wire.format,
         )
         .await
     } else {
@@ -492,8 +604,28 @@ async fn send(
     pm: &ProtocolMessage,
     format: Format,
 ) -> Result<(), axum::Error> {
+    write(socket, encode(pm, format)).await
+}
+
+/// Writes one encoded frame. The connection's loop encodes before it waits, in
+/// plain functions, so its future holds a frame's handle across the wait and not
+/// the message (about 500 bytes) that every connection would then keep room for.
+async fn write(socket: &mut WebSocket, frame: WsMessage) -> Result<(), axum::Error> {
     metrics::counter!("starling_frames_out").increment(1);
-    socket.send(to_ws(codec::encode(pm, format))).await
+    socket.send(frame).await
+}
+
+fn encode(pm: &ProtocolMessage, format: Format) -> WsMessage {
+    to_ws(codec::encode(pm, format))
+}
+
+/// A reply to the client's frame, encoded; a fatal ERROR marks the connection failed
+/// first, as it cannot resume.
+fn reply_frame(connection: &mut Connection, reply: ProtocolMessage, format: Format) -> WsMessage {
+    if reply.action == action::ERROR && reply.channel.is_none() {
+        connection.mark_failed();
+    }
+    encode(&reply, format)
 }
 
 fn to_ws(frame: Encoded) -> WsMessage {
@@ -563,5 +695,67 @@ mod tests {
         let empty = ConnectParams::parse(None);
         assert!(empty.echo);
         assert_eq!(empty.format, Format::Json);
+    }
+
+    fn deadlines(expires_in_ms: Option<i64>) -> (Instant, Deadlines) {
+        let now = Instant::now();
+        let idle = Duration::from_secs(10);
+        let renew = Duration::from_secs(30);
+        let expires_ms = expires_in_ms.map(|ms| now_ms() + ms);
+        (now, Deadlines::new(now, idle, renew, expires_ms))
+    }
+
+    #[test]
+    fn one_timer_serves_keepalives_and_key_renewals_each_at_its_period() {
+        let (start, mut d) = deadlines(None);
+        assert_eq!(d.next(), start + Duration::from_secs(5));
+        assert_eq!(d.take_due(start + Duration::from_secs(4)), None);
+
+        let at = start + Duration::from_secs(5);
+        assert_eq!(d.take_due(at), Some(Due::KeepAlive));
+        assert_eq!(d.take_due(at), None, "each period comes due once");
+        assert_eq!(d.next(), at + Duration::from_secs(5));
+
+        // Both due at once (the timer fired late): each is served, the keep-alive first.
+        let late = start + Duration::from_secs(31);
+        assert_eq!(d.take_due(late), Some(Due::KeepAlive));
+        assert_eq!(d.take_due(late), Some(Due::RenewKey));
+        assert_eq!(d.take_due(late), None);
+        assert_eq!(
+            d.next(),
+            late + Duration::from_secs(5),
+            "missed periods are not made up"
+        );
+    }
+
+    #[test]
+    fn a_tokens_expiry_comes_first_and_once_and_follows_a_renewal() {
+        let (start, mut d) = deadlines(Some(2_000));
+        let expiry = d.next();
+        let from_start = expiry - start;
+        assert!(
+            from_start <= Duration::from_millis(2_100) && from_start > Duration::from_millis(1_500),
+            "{from_start:?}"
+        );
+
+        d.token_renewed(Some(now_ms() + 60_000));
+        assert_eq!(
+            d.next(),
+            start + Duration::from_secs(5),
+            "the renewed token expires later"
+        );
+
+        let late = start + Duration::from_secs(120);
+        assert_eq!(d.take_due(late), Some(Due::TokenExpired));
+        assert_eq!(d.take_due(late), Some(Due::KeepAlive));
+        assert_eq!(d.take_due(late), Some(Due::RenewKey));
+        assert_eq!(d.take_due(late), None, "an expiry is reported once");
+
+        d.token_renewed(None);
+        assert_eq!(
+            d.next(),
+            late + Duration::from_secs(5),
+            "a key never expires"
+        );
     }
 }

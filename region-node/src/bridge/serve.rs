@@ -483,8 +483,8 @@ struct Pump {
 
 impl Pump {
     async fn run(mut self, mut inbox: Inbox) {
-        while let Some(item) = inbox.recv().await {
-            let body = match item {
+        loop {
+            let body = match inbox.recv().await {
                 Outgoing::Frame(Encoded::Binary(bytes)) => match codec::decode_msgpack(&bytes) {
                     Ok(frame) => self.translate(frame),
                     Err(error) => {
