@@ -96,7 +96,7 @@ impl ChannelClient {
             true => frame.presence.as_ref().map_or(1, Vec::len),
             false => frame.messages.as_ref().map_or(1, Vec::len),
         };
-        let mut delivered = 0;
+        let mut frames = 0;
         for sub in &self.subscribers {
             if sub.modes & mode == 0 {
                 continue;
@@ -109,9 +109,10 @@ impl ChannelClient {
                 Format::Msgpack => msgpack.get_or_init(|| codec::encode(frame, Format::Msgpack)),
             };
             sub.outbox.send_frame(Encoded::clone(encoded));
-            crate::observe::delivered(messages);
-            delivered += messages as u64;
+            frames += 1;
         }
+        let delivered = frames * messages as u64;
+        crate::observe::delivered(frames, delivered);
         self.delivered += delivered;
     }
 

@@ -136,12 +136,17 @@ pub fn messages_in(transport: &'static str, count: usize) {
     MESSAGES_IN_TOTAL.fetch_add(count as u64, Ordering::Relaxed);
 }
 
-/// One frame of `messages` queued to one subscriber.
-pub fn delivered(messages: usize) {
-    metrics::counter!(DELIVERIES).increment(1);
-    metrics::counter!(MESSAGES_OUT).increment(messages as u64);
-    DELIVERIES_TOTAL.fetch_add(1, Ordering::Relaxed);
-    MESSAGES_OUT_TOTAL.fetch_add(messages as u64, Ordering::Relaxed);
+/// One fan-out: a frame queued to `frames` subscribers, `messages` messages in all.
+/// Counted once per fan-out, not per subscriber: a metric's registry lookup and a
+/// shared atomic per subscriber were a cost that grew with the audience.
+pub fn delivered(frames: u64, messages: u64) {
+    if frames == 0 {
+        return;
+    }
+    metrics::counter!(DELIVERIES).increment(frames);
+    metrics::counter!(MESSAGES_OUT).increment(messages);
+    DELIVERIES_TOTAL.fetch_add(frames, Ordering::Relaxed);
+    MESSAGES_OUT_TOTAL.fetch_add(messages, Ordering::Relaxed);
 }
 
 pub fn ack_latency(elapsed: Duration) {

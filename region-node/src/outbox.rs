@@ -49,6 +49,10 @@ pub struct Outbox {
     pub format: Format,
     queue: Mutex<Queue>,
     waker: AtomicWaker,
+    /// The receiver is gone. Set under the queue's lock, so a push (which looks under
+    /// it) never queues after the receiver dropped the queue; read without the lock
+    /// by fan-out, which drops closed subscribers.
+    closed: AtomicBool,
     queued: AtomicUsize,
     limit: usize,
     overflowed: AtomicBool,
@@ -57,8 +61,6 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Outgoing>,
-    /// The receiver is gone: nothing more is kept.
-    closed: bool,
 }
 
 pub struct Inbox {
@@ -77,6 +79,7 @@ pub fn channel(
         format,
         queue: Mutex::new(Queue::default()),
         waker: AtomicWaker::new(),
+        closed: AtomicBool::new(false),
         queued: AtomicUsize::new(0),
         limit,
         overflowed: AtomicBool::new(false),
@@ -117,13 +120,13 @@ impl Outbox {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.queue.lock().closed
+        self.closed.load(Ordering::Relaxed)
     }
 
     fn push(&self, item: Outgoing) {
         {
             let mut queue = self.queue.lock();
-            if queue.closed {
+            if self.closed.load(Ordering::Relaxed) {
                 return;
             }
             queue.items.push_back(item);
@@ -177,7 +180,7 @@ impl Drop for Inbox {
     fn drop(&mut self) {
         let items = {
             let mut queue = self.outbox.queue.lock();
-            queue.closed = true;
+            self.outbox.closed.store(true, Ordering::Relaxed);
             std::mem::take(&mut queue.items)
         };
         drop(items);
