@@ -167,4 +167,37 @@ mod tests {
         let bytes = encode("command", &command).unwrap();
         assert_eq!(decode::<Command>("command", &bytes).unwrap(), command);
     }
+
+    #[test]
+    fn a_batch_of_homes_round_trips_with_each_channels_answer() {
+        use crate::state::{CommandError, HomeAnswer, Outcome};
+
+        let home = Home {
+            region: "eu".into(),
+            epoch: 7,
+            last_used_ms: 9,
+            previous_region: None,
+        };
+        let response = Response {
+            version: 3,
+            outcome: Ok(Outcome::Homes {
+                answers: vec![
+                    HomeAnswer {
+                        channel: "app/a".into(),
+                        home: Ok(home),
+                        assigned: true,
+                    },
+                    HomeAnswer {
+                        channel: "bad".into(),
+                        home: Err(CommandError::InvalidChannel("bad".into())),
+                        assigned: false,
+                    },
+                ],
+            }),
+        };
+
+        let bytes = encode("response", &response).unwrap();
+
+        assert_eq!(decode::<Response>("response", &bytes).unwrap(), response);
+    }
 }

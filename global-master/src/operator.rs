@@ -73,6 +73,20 @@ pub fn outcome_view(outcome: &Outcome) -> Value {
         }),
         Outcome::Rehomed { channels } => json!({"channels_rehomed": channels}),
         Outcome::Removed { count } => json!({"removed": count}),
+        Outcome::Homes { answers } => json!({
+            "homes": (answers.iter())
+                .map(|answer| match &answer.home {
+                    Ok(home) => json!({
+                        "channel": answer.channel,
+                        "region": home.region,
+                        "epoch": home.epoch,
+                        "last_used_ms": home.last_used_ms,
+                        "changed": answer.assigned,
+                    }),
+                    Err(error) => json!({"channel": answer.channel, "error": error.to_string()}),
+                })
+                .collect::<Vec<_>>(),
+        }),
     }
 }
 

@@ -26,6 +26,12 @@ pub const DEFAULT_CHANGE_LOG_CAPACITY: usize = 10_000;
 /// Placement rules whose app id is this match every app.
 pub const ANY_APP: &str = "*";
 
+/// The most channels one batched home command may name. A batch of new channels takes
+/// one catalog version each, so this stays well inside the default change log: a
+/// watcher that keeps up never has to reload the whole catalog because of one entry.
+/// Never lower it: a replica replaying old log entries must answer them as before.
+pub const MAX_HOMES_PER_COMMAND: usize = 5_000;
+
 /// A region of the federation, as the global master knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Region {
@@ -152,6 +158,21 @@ pub enum Command {
         channel: String,
         now_ms: u64,
     },
+    /// `GetOrAssignHome` for each channel in turn, as one log entry: what a region node
+    /// sends for a burst of first uses, so a thousand new channels cost one raft write,
+    /// not a thousand. A channel refused (say, a bad name) fails alone. At most
+    /// [`MAX_HOMES_PER_COMMAND`] channels.
+    GetOrAssignHomes {
+        channels: Vec<String>,
+        preferred_region: String,
+        now_ms: u64,
+    },
+    /// `TouchHome` for each channel in turn, as one log entry. At most
+    /// [`MAX_HOMES_PER_COMMAND`] channels.
+    TouchHomes {
+        channels: Vec<String>,
+        now_ms: u64,
+    },
     /// An operator's explicit move, under a new epoch. Placement rules do not apply.
     MoveHome {
         channel: String,
@@ -190,6 +211,28 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name as metrics label it (`get_or_assign_homes`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::RegisterRegion { .. } => "register_region",
+            Command::RegionHeartbeat { .. } => "region_heartbeat",
+            Command::DeclareRegionLost { .. } => "declare_region_lost",
+            Command::GetOrAssignHome { .. } => "get_or_assign_home",
+            Command::TouchHome { .. } => "touch_home",
+            Command::GetOrAssignHomes { .. } => "get_or_assign_homes",
+            Command::TouchHomes { .. } => "touch_homes",
+            Command::MoveHome { .. } => "move_home",
+            Command::ExpireIdleHomes { .. } => "expire_idle_homes",
+            Command::SetPlacementRules { .. } => "set_placement_rules",
+            Command::CreateApp { .. } => "create_app",
+            Command::DeleteApp { .. } => "delete_app",
+            Command::RevokeTokens { .. } => "revoke_tokens",
+            Command::PruneRevocations { .. } => "prune_revocations",
+        }
+    }
+}
+
 /// The answer to a command, with the version at which its effects are visible, so a
 /// proposer can wait until its own view of the catalog has caught up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +251,38 @@ pub enum Outcome {
     Rehomed { channels: u64 },
     /// Expiry or pruning removed this many records.
     Removed { count: u64 },
+    /// The answers of a batch of home commands, one per channel in the order asked.
+    Homes { answers: Vec<HomeAnswer> },
+}
+
+/// One channel's answer in a batch of home commands: what the single command for that
+/// channel would have answered at that point of the batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeAnswer {
+    pub channel: String,
+    /// The channel's home, or why it has none.
+    pub home: Result<Home, CommandError>,
+    /// Whether this command assigned the home (false when it was known, or refused).
+    pub assigned: bool,
+}
+
+impl HomeAnswer {
+    fn new(channel: String, answer: Result<(Home, bool), CommandError>) -> Self {
+        let (home, assigned) = match answer {
+            Ok((home, assigned)) => (Ok(home), assigned),
+            Err(error) => (Err(error), false),
+        };
+        Self {
+            channel,
+            home,
+            assigned,
+        }
+    }
+}
+
+/// A single home command's answer as its [`Outcome`].
+fn home_outcome(answer: Result<(Home, bool), CommandError>) -> Result<Outcome, CommandError> {
+    answer.map(|(home, assigned)| Outcome::Home { home, assigned })
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -672,8 +747,18 @@ impl ControlState {
                 channel,
                 preferred_region,
                 now_ms,
-            } => self.get_or_assign(channel, &preferred_region, now_ms),
-            Command::TouchHome { channel, now_ms } => self.touch(channel, now_ms),
+            } => home_outcome(self.get_or_assign(channel, &preferred_region, now_ms)),
+            Command::TouchHome { channel, now_ms } => home_outcome(self.touch(channel, now_ms)),
+            Command::GetOrAssignHomes {
+                channels,
+                preferred_region,
+                now_ms,
+            } => self.for_each_home(channels, |state, channel| {
+                state.get_or_assign(channel, &preferred_region, now_ms)
+            }),
+            Command::TouchHomes { channels, now_ms } => {
+                self.for_each_home(channels, |state, channel| state.touch(channel, now_ms))
+            }
             Command::MoveHome {
                 channel,
                 to_region,
@@ -805,19 +890,16 @@ impl ControlState {
         floor.max(now_ms)
     }
 
+    /// The channel's home, and whether this call assigned it.
     fn get_or_assign(
         &mut self,
         channel: String,
         preferred: &str,
         now_ms: u64,
-    ) -> Result<Outcome, CommandError> {
+    ) -> Result<(Home, bool), CommandError> {
         check_channel(&channel)?;
         if self.catalog.homes.contains_key(&channel) {
-            let home = self.touch_existing(channel, now_ms);
-            return Ok(Outcome::Home {
-                home,
-                assigned: false,
-            });
+            return Ok((self.touch_existing(channel, now_ms), false));
         }
 
         let region = (self.catalog)
@@ -833,21 +915,38 @@ impl ControlState {
             channel,
             home: Some(home.clone()),
         });
-        Ok(Outcome::Home {
-            home,
-            assigned: true,
-        })
+        Ok((home, true))
     }
 
-    fn touch(&mut self, channel: String, now_ms: u64) -> Result<Outcome, CommandError> {
+    /// Applies a single-channel home command to each channel of a batch, in order, so
+    /// each answer (and the versions its updates take) is what that command alone
+    /// would have given at that point. A refused channel leaves the others alone.
+    fn for_each_home(
+        &mut self,
+        channels: Vec<String>,
+        mut single: impl FnMut(&mut Self, String) -> Result<(Home, bool), CommandError>,
+    ) -> Result<Outcome, CommandError> {
+        if channels.len() > MAX_HOMES_PER_COMMAND {
+            return Err(CommandError::invalid(
+                "home batch",
+                &format!("more than {MAX_HOMES_PER_COMMAND} channels"),
+            ));
+        }
+        let answers = (channels.into_iter())
+            .map(|channel| {
+                let answer = single(self, channel.clone());
+                HomeAnswer::new(channel, answer)
+            })
+            .collect();
+        Ok(Outcome::Homes { answers })
+    }
+
+    /// The channel's home, its last use moved forward; it must have one.
+    fn touch(&mut self, channel: String, now_ms: u64) -> Result<(Home, bool), CommandError> {
         if !self.catalog.homes.contains_key(&channel) {
             return Err(CommandError::NoSuchHome(channel));
         }
-        let home = self.touch_existing(channel, now_ms);
-        Ok(Outcome::Home {
-            home,
-            assigned: false,
-        })
+        Ok((self.touch_existing(channel, now_ms), false))
     }
 
     /// Moves `last_used_ms` forward (never back) and returns the home. Callers checked

@@ -497,7 +497,11 @@ impl StateMachine {
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
             let response = match entry.payload {
-                EntryPayload::Normal(command) => applied.state.apply(command),
+                EntryPayload::Normal(command) => {
+                    metrics::counter!("starling_global_commands_total", "command" => command.name())
+                        .increment(1);
+                    applied.state.apply(command)
+                }
                 EntryPayload::Blank => nothing_to_say(&applied.state),
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);

@@ -408,6 +408,50 @@ impl ChannelMaster {
         quiet && forgotten && self.members.is_empty()
     }
 
+    /// When this state next changes by time alone: the earliest time (ms) at which
+    /// [`expire`](Self::expire) would drop something or, with `idle`,
+    /// [`is_idle`](Self::is_idle) would hold. `None` when only a new entry or a
+    /// member leaving could change either. What the region's sweep waits for.
+    pub fn next_due(&self, idle: bool) -> Option<i64> {
+        let idle_at = idle.then(|| self.idle_at()).flatten();
+        [self.next_expiry(), idle_at].into_iter().flatten().min()
+    }
+
+    /// When `expire` next drops something. Only the oldest entry and the oldest id are
+    /// ever looked at, so only their times matter. Bounds by count or size are kept
+    /// by every call that adds; one exceeded (a restored snapshot) is due at once.
+    fn next_expiry(&self) -> Option<i64> {
+        let len = self.history.len();
+        let over = len > self.limits.max_messages
+            || (self.history_bytes > self.limits.max_bytes && len > 1)
+            || self.seen_order.len() > self.limits.dedup_max_ids;
+        if over {
+            return Some(i64::MIN);
+        }
+        let aged = (self.history.front())
+            .filter(|_| len > self.limits.min_messages)
+            .and_then(|oldest| oldest.body.timestamp())
+            .map(|at| ran_out(at, self.limits.max_age_ms));
+        let forgotten =
+            (self.seen_order.front()).map(|(at, _)| ran_out(*at, self.limits.dedup_window_ms));
+        aged.into_iter().chain(forgotten).min()
+    }
+
+    /// When `is_idle` holds, counted from the newest entry and id; `None` while there
+    /// are members (they leave only by an entry of their own).
+    fn idle_at(&self) -> Option<i64> {
+        if !self.members.is_empty() {
+            return None;
+        }
+        let quiet = (self.history.back()).map_or(i64::MIN, |newest| {
+            ran_out(newest.body.timestamp().unwrap_or(0), self.limits.max_age_ms)
+        });
+        let forgotten = (self.seen_order.back()).map_or(i64::MIN, |(at, _)| {
+            ran_out(*at, self.limits.dedup_window_ms)
+        });
+        Some(quiet.max(forgotten))
+    }
+
     /// Nothing left to keep: no history, no remembered ids and no members.
     pub fn is_empty(&self) -> bool {
         self.history.is_empty() && self.seen_order.is_empty() && self.members.is_empty()
@@ -723,6 +767,13 @@ pub fn member_page(members: &Members, query: &HistoryQuery) -> HistoryPage {
     }
 }
 
+/// The first time `now` for which `now - since > window_ms`, the test `expire` and
+/// `is_idle` apply (saturating like them, so far-off client timestamps stay far off).
+fn ran_out(since: i64, window_ms: u64) -> i64 {
+    let window = window_ms as i64;
+    since.saturating_add(window).saturating_add(1)
+}
+
 fn stamp(message: &mut Message, serial: &str, connection_id: Option<&str>, now_ms: i64) {
     message.serial = Some(serial.to_owned());
     message.action.get_or_insert(0);
@@ -847,6 +898,84 @@ mod tests {
         master.expire(10_000);
         assert!(master.since(first.entries[0].position).is_none());
         assert_eq!(master.since(master.position()).unwrap().len(), 0);
+    }
+
+    /// The same state, to try a time on without changing the original.
+    fn copy_of(master: &ChannelMaster) -> ChannelMaster {
+        let mut copy = ChannelMaster::new("c", 0, master.limits.clone());
+        copy.restore(master.snapshot());
+        copy
+    }
+
+    /// `expire` at `due - 1` changes nothing and at `due` drops something.
+    fn assert_expires_at(master: &ChannelMaster, due: i64) {
+        let mut before = copy_of(master);
+        before.expire(due - 1);
+        assert_eq!(
+            before.snapshot(),
+            master.snapshot(),
+            "nothing expires before {due}"
+        );
+        let mut at = copy_of(master);
+        at.expire(due);
+        assert_ne!(
+            at.snapshot(),
+            master.snapshot(),
+            "something expires at {due}"
+        );
+    }
+
+    #[test]
+    fn next_due_is_when_expiry_or_idleness_first_changes() {
+        let limits = HistoryConfig {
+            max_age_ms: 1_000,
+            min_messages: 1,
+            dedup_window_ms: 1_500,
+            ..HistoryConfig::default()
+        };
+        let mut master = ChannelMaster::new("c", 1, limits);
+        assert_eq!(master.next_due(false), None);
+        assert_eq!(
+            master.next_due(true),
+            Some(i64::MIN),
+            "nothing held: idle at once"
+        );
+
+        master.sequence(publish(&["a"], "conn:0"), 100);
+        master.sequence(publish(&["b"], "conn:1"), 300);
+        // "a" ages out (two messages, one kept); then each id; idle once "b" and its
+        // id are both past their windows.
+        assert_eq!(master.next_due(false), Some(1_101));
+        assert_expires_at(&master, 1_101);
+        master.expire(1_101);
+        assert_eq!(
+            master.next_due(false),
+            Some(1_601),
+            "one message is the minimum"
+        );
+        assert_expires_at(&master, 1_601);
+        master.expire(1_601);
+        assert_eq!(master.next_due(false), Some(1_801));
+        assert_eq!(master.next_due(true), Some(1_801));
+        assert!(!master.is_idle(1_800));
+        assert!(master.is_idle(1_801));
+    }
+
+    #[test]
+    fn a_state_over_its_bounds_is_due_at_once() {
+        let limits = HistoryConfig {
+            max_messages: 2,
+            ..HistoryConfig::default()
+        };
+        let mut big = ChannelMaster::new("c", 1, HistoryConfig::default());
+        for i in 0..3 {
+            big.sequence(publish(&["m"], &format!("conn:{i}")), 100 + i);
+        }
+        let mut restored = ChannelMaster::new("c", 1, limits);
+        restored.restore(big.snapshot());
+        assert_eq!(restored.next_due(false), Some(i64::MIN));
+        restored.expire(200);
+        assert_ne!(restored.next_due(false), Some(i64::MIN));
     }
 
     #[test]

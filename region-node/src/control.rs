@@ -8,6 +8,13 @@
 //!
 //! Invariant: a write returns only once this node's copy has reached the version the
 //! write created, so an app created through a node authenticates on that node at once.
+//! (The lease heartbeat alone does not wait for the copy: only its commit matters.)
+//!
+//! Writes to an external group go through one client per [`Lane`], each carrying one
+//! write at a time: the lease heartbeat never queues behind a batch of channel homes
+//! (see `homes`) or an admin write, so it is at most one raft entry behind them.
+
+mod homes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,11 +54,50 @@ const WATCH_RETRY: Duration = Duration::from_millis(500);
 enum Backend {
     Embedded(Embedded),
     Remote {
-        /// Writes go one at a time through one client, which remembers the leader.
-        client: Box<tokio::sync::Mutex<Client>>,
+        clients: Box<Lanes>,
         members: Vec<String>,
         tls: TlsFiles,
     },
+}
+
+/// What a write is for, which decides the client it takes to an external group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Region registration and heartbeats: the sequencing lease hangs on them.
+    Lease,
+    /// Batches of channel homes, from the one home writer.
+    Homes,
+    /// Apps and token revocations.
+    Admin,
+}
+
+/// One client per lane. Each carries one write at a time and remembers the leader;
+/// separate clients (separate connections) keep lanes from waiting on each other.
+struct Lanes {
+    lease: tokio::sync::Mutex<Client>,
+    homes: tokio::sync::Mutex<Client>,
+    admin: tokio::sync::Mutex<Client>,
+}
+
+impl Lanes {
+    fn new(members: &[String], tls: &TlsFiles) -> anyhow::Result<Self> {
+        let client = || -> anyhow::Result<_> {
+            Ok(tokio::sync::Mutex::new(Client::new(members.to_vec(), tls)?))
+        };
+        Ok(Self {
+            lease: client()?,
+            homes: client()?,
+            admin: client()?,
+        })
+    }
+
+    fn get(&self, lane: Lane) -> &tokio::sync::Mutex<Client> {
+        match lane {
+            Lane::Lease => &self.lease,
+            Lane::Homes => &self.homes,
+            Lane::Admin => &self.admin,
+        }
+    }
 }
 
 pub struct ControlPlane {
@@ -75,6 +121,8 @@ pub struct ControlPlane {
     following: std::sync::atomic::AtomicBool,
     /// Where home changes go, once the region task follows them.
     homes: Mutex<Option<mpsc::UnboundedSender<HomeEvent>>>,
+    /// Home requests waiting for the home writer (see `homes`).
+    home_queue: homes::HomeQueue,
     /// This node's region: where channels first used here are homed.
     region: String,
     /// The region's bridge addresses as this node knows them (its own and its live
@@ -98,13 +146,11 @@ impl ControlPlane {
             embedded.export_metrics();
             Backend::Embedded(embedded)
         } else {
+            let tls = tls_files(config)?;
             Backend::Remote {
-                client: Box::new(tokio::sync::Mutex::new(Client::new(
-                    config.global.members.clone(),
-                    &tls_files(config)?,
-                )?)),
+                clients: Box::new(Lanes::new(&config.global.members, &tls)?),
                 members: config.global.members.clone(),
-                tls: tls_files(config)?,
+                tls,
             }
         };
         let control = Arc::new(Self {
@@ -115,6 +161,7 @@ impl ControlPlane {
             seen: watch::channel(0).0,
             loaded: watch::channel(false).0,
             homes: Mutex::new(None),
+            home_queue: homes::HomeQueue::default(),
             following: std::sync::atomic::AtomicBool::new(config.global.members.is_empty()),
             lease: watch::channel(false).0,
             lease_until: Mutex::new(None),
@@ -131,6 +178,7 @@ impl ControlPlane {
         }
         control.first_heartbeat().await;
         control.clone().spawn_lease_clock();
+        control.clone().spawn_home_writer();
         control.clone().spawn_heartbeat(
             config.node.region.clone(),
             Duration::from_millis(config.global.heartbeat_ms),
@@ -150,7 +198,7 @@ impl ControlPlane {
                     continue;
                 };
                 let sent = tokio::time::Instant::now();
-                match self.write(command).await {
+                match self.commit(Lane::Lease, command).await {
                     Ok(_) => self.renew_lease(sent),
                     Err(error) => {
                         debug!(region = %region, "region heartbeat not recorded: {error}")
@@ -235,6 +283,7 @@ impl ControlPlane {
                     .lease
                     .send_if_modified(|h| std::mem::replace(h, held) != held);
                 if lapsed && !held {
+                    crate::observe::lease_lapsed();
                     warn!(region.id = %self.region, "sequencing lease lapsed: the global master has not confirmed this region in time");
                 }
             }
@@ -249,43 +298,13 @@ impl ControlPlane {
             return;
         };
         let sent = tokio::time::Instant::now();
-        match self.write(command).await {
+        match self.write(Lane::Lease, command).await {
             Ok(_) => {
                 self.renew_lease(sent);
                 info!(region.id = %self.region, "region registered with the global master");
             }
             Err(error) => warn!(region.id = %self.region, "region not registered yet: {error}"),
         }
-    }
-
-    /// The channel's home (`appId/name`), assigning this node's region on first use.
-    /// Returns once this node's catalog copy holds it, so the region task has been
-    /// told before the answer arrives.
-    pub async fn home(&self, channel: &str) -> Result<HomeView, AblyError> {
-        if let Some(home) = self.catalog.lock().home(channel) {
-            return Ok(home_view(home));
-        }
-        let command = Command::GetOrAssignHome {
-            channel: channel.to_owned(),
-            preferred_region: self.region.clone(),
-            now_ms: now_ms() as u64,
-        };
-        match self.write(command).await? {
-            Outcome::Home { home, assigned } => {
-                debug!(channel = channel, home.region = %home.region, assigned, "channel home");
-                Ok(home_view(&home))
-            }
-            other => Err(AblyError::Internal(format!("unexpected answer {other:?}"))),
-        }
-    }
-
-    /// Reports the channel in use, so its home does not expire.
-    pub async fn touch_home(&self, channel: &str) -> Result<(), AblyError> {
-        let command = Command::TouchHome {
-            channel: channel.to_owned(),
-            now_ms: now_ms() as u64,
-        };
-        self.write(command).await.map(|_| ())
     }
 
     /// The bridge addresses this node's region should be reached at; registered by
@@ -376,7 +395,8 @@ impl ControlPlane {
     pub async fn create_app(&self, spec: NewApp) -> Result<Arc<crate::apps::App>, AblyError> {
         let record = new_app_record(&new_app_id(), spec)?;
         let id = record.id.clone();
-        self.write(Command::CreateApp { app: record }).await?;
+        self.write(Lane::Admin, Command::CreateApp { app: record })
+            .await?;
         self.apps
             .get(&id)
             .ok_or_else(|| AblyError::Internal(format!("app {id} was created but is not usable")))
@@ -385,10 +405,10 @@ impl ControlPlane {
     /// Deletes an app created through the admin API; returns once this node refuses it.
     pub async fn delete_app(&self, id: &str) -> Result<(), AblyError> {
         self.apps.check_deletable(id)?;
-        self.write(Command::DeleteApp {
+        let command = Command::DeleteApp {
             app_id: id.to_owned(),
-        })
-        .await?;
+        };
+        self.write(Lane::Admin, command).await?;
         Ok(())
     }
 
@@ -405,7 +425,7 @@ impl ControlPlane {
             target: target.to_owned(),
             issued_before_ms,
         };
-        self.write(command).await.map(|_| ())
+        self.write(Lane::Admin, command).await.map(|_| ())
     }
 
     /// Tokens of `key_name` for `target` issued before this time are revoked.
@@ -433,29 +453,11 @@ impl ControlPlane {
     }
 
     /// Commits `command` and waits until this node's copy includes it.
-    async fn write(&self, command: Command) -> Result<Outcome, AblyError> {
-        let response = match &self.backend {
-            Backend::Embedded(embedded) => embedded
-                .write(command)
-                .await
-                .map_err(|e| AblyError::Timeout(e.to_string()))?,
-            Backend::Remote { client, .. } => {
-                // Writes take turns on one client; the deadline covers the wait for a
-                // turn too, so no caller waits past it behind others.
-                let attempt = async {
-                    let mut client = client.lock().await;
-                    client.write(&command, self.timeout).await
-                };
-                tokio::time::timeout(self.timeout, attempt)
-                    .await
-                    .map_err(|_| AblyError::Timeout("global master: no answer in time".into()))?
-                    .map_err(|e| AblyError::Timeout(format!("global master: {e}")))?
-            }
-        };
-        let outcome = response.outcome.map_err(command_error)?;
+    async fn write(&self, lane: Lane, command: Command) -> Result<Outcome, AblyError> {
+        let (outcome, version) = self.commit(lane, command).await?;
 
         let mut seen = self.seen.subscribe();
-        let caught_up = seen.wait_for(|version| *version >= response.version);
+        let caught_up = seen.wait_for(|seen| *seen >= version);
         let waited = tokio::time::timeout(self.timeout, caught_up).await;
         match waited {
             Ok(Ok(_)) => Ok(outcome),
@@ -465,9 +467,38 @@ impl ControlPlane {
         }
     }
 
+    /// Commits `command` through `lane`; its outcome and the catalog version it is
+    /// visible at. The embedded member takes writes concurrently (raft orders them);
+    /// an external group's writes take turns per lane.
+    async fn commit(&self, lane: Lane, command: Command) -> Result<(Outcome, u64), AblyError> {
+        let response = match &self.backend {
+            Backend::Embedded(embedded) => embedded
+                .write(command)
+                .await
+                .map_err(|e| AblyError::Timeout(e.to_string()))?,
+            Backend::Remote { clients, .. } => {
+                // The deadline covers the wait for the lane's turn too, so no caller
+                // waits past it behind others.
+                let attempt = async {
+                    let mut client = clients.get(lane).lock().await;
+                    client.write(&command, self.timeout).await
+                };
+                tokio::time::timeout(self.timeout, attempt)
+                    .await
+                    .map_err(|_| AblyError::Timeout("global master: no answer in time".into()))?
+                    .map_err(|e| AblyError::Timeout(format!("global master: {e}")))?
+            }
+        };
+        let outcome = response.outcome.map_err(command_error)?;
+        Ok((outcome, response.version))
+    }
+
     async fn create_default_app(&self) -> anyhow::Result<()> {
         let record = new_app_record(DEFAULT_APP_ID, NewApp::default())?;
-        match self.write(Command::CreateApp { app: record }).await {
+        match self
+            .write(Lane::Admin, Command::CreateApp { app: record })
+            .await
+        {
             Ok(_) => info!(app.id = DEFAULT_APP_ID, "created the default app"),
             // Another node sharing the global master created it first: use theirs.
             Err(AblyError::InvalidBody(message)) if message.contains("already exists") => {}

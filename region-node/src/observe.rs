@@ -52,6 +52,14 @@ pub const LIMIT_REFUSALS: &str = "starling_limit_refusals";
 pub const COPIES_DEGRADED: &str = "starling_copies_degraded";
 /// 1 while the region holds its sequencing lease (gauge).
 pub const LEASE_HELD: &str = "starling_lease_held";
+/// Times this node saw its region's sequencing lease lapse (counter): a lapse a
+/// scrape of the gauge may miss.
+pub const LEASE_LAPSES: &str = "starling_lease_lapses_total";
+/// Writes this node made to the global master for channel homes, by `command`
+/// (`assign`, `touch`), each carrying a batch of channels (counter).
+pub const HOME_WRITES: &str = "starling_home_writes_total";
+/// Channels those home writes carried, by `command` (counter).
+pub const HOME_CHANNELS: &str = "starling_home_channels_total";
 /// 1 while the node sees a majority of its region (gauge).
 pub const QUORUM: &str = "starling_quorum";
 
@@ -83,7 +91,11 @@ fn register_counters() {
     for limit in ["connections", "inbound_rate", "inbound_flood", "channels"] {
         metrics::counter!(LIMIT_REFUSALS, "limit" => limit).absolute(0);
     }
-    for name in [MESSAGES_OUT, DELIVERIES, RING_CHANGES] {
+    for command in ["assign", "touch"] {
+        metrics::counter!(HOME_WRITES, "command" => command).absolute(0);
+        metrics::counter!(HOME_CHANNELS, "command" => command).absolute(0);
+    }
+    for name in [MESSAGES_OUT, DELIVERIES, RING_CHANGES, LEASE_LAPSES] {
         metrics::counter!(name).absolute(0);
     }
     metrics::gauge!(CONNECTIONS).increment(0.0);
@@ -108,6 +120,9 @@ fn describe() {
         "1 while the bridge link to a region is open"
     );
     metrics::describe_gauge!(BRIDGE_BACKLOG, "relayed publishes not yet answered");
+    metrics::describe_counter!(LEASE_LAPSES, "times the region's sequencing lease lapsed");
+    metrics::describe_counter!(HOME_WRITES, "global master writes for channel homes");
+    metrics::describe_counter!(HOME_CHANNELS, "channels the home writes carried");
 }
 
 /// Running totals since the process started, for the dashboard's rates.
@@ -151,6 +166,17 @@ pub fn delivered(frames: u64, messages: u64) {
 
 pub fn ack_latency(elapsed: Duration) {
     metrics::histogram!(ACK_LATENCY).record(elapsed.as_secs_f64());
+}
+
+/// One write to the global master for the homes of `channels` channels; `command` is
+/// `assign` or `touch`.
+pub fn home_write(command: &'static str, channels: usize) {
+    metrics::counter!(HOME_WRITES, "command" => command).increment(1);
+    metrics::counter!(HOME_CHANNELS, "command" => command).increment(channels as u64);
+}
+
+pub fn lease_lapsed() {
+    metrics::counter!(LEASE_LAPSES).increment(1);
 }
 
 pub fn ring_changed() {
@@ -243,6 +269,9 @@ pub const SERIES: &[&str] = &[
     LIMIT_REFUSALS,
     COPIES_DEGRADED,
     LEASE_HELD,
+    LEASE_LAPSES,
+    HOME_WRITES,
+    HOME_CHANNELS,
     QUORUM,
 ];
 

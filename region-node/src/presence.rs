@@ -257,6 +257,11 @@ impl Members {
             .collect()
     }
 
+    /// The earliest time a member is due to leave, if any member is.
+    pub fn next_leave(&self) -> Option<i64> {
+        self.map.values().filter_map(|m| m.leave_at_ms).min()
+    }
+
     fn connection_members_mut<'a>(
         &'a mut self,
         connection_id: &'a str,
@@ -441,6 +446,7 @@ mod tests {
         members.gone(&holder("a"), "c2", 1_000, 16_000);
         members.here(&holder("b"), "c2", 2_000);
         assert!(members.due(15_999).is_empty());
+        assert_eq!(members.next_leave(), Some(16_000));
 
         let due = members.due(16_000);
         assert_eq!(due.len(), 1);

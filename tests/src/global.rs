@@ -58,6 +58,11 @@ impl GlobalGroup {
         self.raft.iter().map(ToString::to_string).collect()
     }
 
+    /// The members' HTTP addresses (`/health`, `/metrics`), in member id order.
+    pub fn http_addrs(&self) -> Vec<String> {
+        self.http.iter().map(ToString::to_string).collect()
+    }
+
     /// Issues a certificate under the group's CA and returns the `[tls]` section.
     pub fn tls_section(&self, name: &str) -> anyhow::Result<String> {
         run_ca(&["issue", "--dir"], self.dir.path(), Some(name))?;

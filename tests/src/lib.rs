@@ -13,6 +13,7 @@
 //! - [`federation`]: `region-node dev` started, described and cleaned up.
 //! - [`dev`]: a region of several nodes started by `region-node dev`; SIGKILL one.
 //! - [`global`]: a global master group of real processes, for nodes that use one.
+//! - [`metrics`]: a process's `/metrics` scraped and summed by series and labels.
 //! - [`rest`]: Basic auth, `Link` header parsing and MessagePack bodies for REST tests.
 //! - [`tls`]: a test CA, certificates for the client TLS listener, and wss/https
 //!   clients that trust that CA and report the certificate they were shown.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod dev;
 pub mod federation;
 pub mod global;
+pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod rest;

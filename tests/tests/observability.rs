@@ -12,7 +12,7 @@
 //!
 //! And a single node logs human-readable text by default, JSON lines on request.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,6 +22,7 @@ use anyhow::{bail, ensure, Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use starling_tests::federation::{wait_healthy, Described, Launcher};
+use starling_tests::metrics::{scrape, Scrape};
 use starling_tests::{rest, Client, Format};
 
 const CHANNEL: &str = "ops-probe";
@@ -32,61 +33,6 @@ const SETTLE: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(200);
 /// How long Chromium may take to load and render the page.
 const BROWSER: Duration = Duration::from_secs(60);
-
-/// One scrape: series (name plus labels, as written) to value.
-#[derive(Debug, Default, Clone)]
-struct Scrape {
-    series: BTreeMap<String, f64>,
-}
-
-impl Scrape {
-    fn parse(text: &str) -> Result<Self> {
-        let mut series = BTreeMap::new();
-        for line in text.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (name, value) = line
-                .rsplit_once(' ')
-                .with_context(|| format!("not a sample: {line:?}"))?;
-            let value: f64 = match value {
-                "+Inf" => f64::INFINITY,
-                "-Inf" => f64::NEG_INFINITY,
-                v => v.parse().with_context(|| format!("value of {line:?}"))?,
-            };
-            series.insert(name.to_owned(), value);
-        }
-        Ok(Self { series })
-    }
-
-    /// Metric names, labels left out.
-    fn names(&self) -> BTreeSet<String> {
-        (self.series.keys())
-            .map(|s| s.split('{').next().unwrap_or(s).to_owned())
-            .collect()
-    }
-
-    /// The sum over every series of `name` whose labels contain each of `labels`.
-    fn sum(&self, name: &str, labels: &[&str]) -> Option<f64> {
-        let matching: Vec<f64> = (self.series.iter())
-            .filter(|(series, _)| {
-                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-                n == name && labels.iter().all(|l| rest.contains(l))
-            })
-            .map(|(_, v)| *v)
-            .collect();
-        (!matching.is_empty()).then(|| matching.iter().sum())
-    }
-}
-
-async fn scrape(addr: &str) -> Result<Scrape> {
-    let response = rest::http()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await?;
-    ensure!(response.status() == StatusCode::OK, "{}", response.status());
-    Scrape::parse(&response.text().await?)
-}
 
 /// Scrapes `addrs` until `check` accepts them all, or fails with its last complaint.
 async fn scrape_until(

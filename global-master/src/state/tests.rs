@@ -28,6 +28,50 @@ fn assign(state: &mut ControlState, channel: &str, preferred: &str, now_ms: u64)
     })
 }
 
+fn assign_batch(
+    state: &mut ControlState,
+    channels: &[&str],
+    preferred: &str,
+    now_ms: u64,
+) -> Vec<HomeAnswer> {
+    let response = state.apply(Command::GetOrAssignHomes {
+        channels: channels.iter().map(|c| c.to_string()).collect(),
+        preferred_region: preferred.into(),
+        now_ms,
+    });
+    answers_of(response)
+}
+
+fn touch_batch(state: &mut ControlState, channels: &[&str], now_ms: u64) -> Vec<HomeAnswer> {
+    let response = state.apply(Command::TouchHomes {
+        channels: channels.iter().map(|c| c.to_string()).collect(),
+        now_ms,
+    });
+    answers_of(response)
+}
+
+/// The per-channel answers of a batch that was accepted as a whole.
+fn answers_of(response: Response) -> Vec<HomeAnswer> {
+    match response.outcome {
+        Ok(Outcome::Homes { answers }) => answers,
+        other => panic!("expected a batch of homes, got {other:?}"),
+    }
+}
+
+/// What a single home command answered, as a batch would list it.
+fn as_answer(channel: &str, response: Response) -> HomeAnswer {
+    let (home, assigned) = match response.outcome {
+        Ok(Outcome::Home { home, assigned }) => (Ok(home), assigned),
+        Err(error) => (Err(error), false),
+        other => panic!("expected a home, got {other:?}"),
+    };
+    HomeAnswer {
+        channel: channel.into(),
+        home,
+        assigned,
+    }
+}
+
 /// The home a successful command answered with.
 fn home_of(response: &Response) -> Home {
     match &response.outcome {
@@ -267,6 +311,149 @@ fn touches_never_move_last_use_back_and_need_a_home() {
         missing.outcome,
         Err(CommandError::NoSuchHome("app/none".into()))
     );
+}
+
+// ----- batches
+
+#[test]
+fn a_batch_assigns_exactly_what_single_commands_would() {
+    let setup = |state: &mut ControlState| {
+        state.apply(Command::SetPlacementRules {
+            rules: vec![rule(ANY_APP, "eu-only:", "eu")],
+        });
+        assign(state, "app/known", "ap", T0);
+    };
+    let mut singly = three_regions();
+    let mut batched = three_regions();
+    setup(&mut singly);
+    setup(&mut batched);
+    // New, pinned, already homed, named twice, and a bad name among them.
+    let channels = [
+        "app/a",
+        "app/eu-only:b",
+        "app/known",
+        "app/a",
+        "bad",
+        "other/c",
+    ];
+
+    let expected: Vec<HomeAnswer> = (channels.iter())
+        .map(|c| as_answer(c, assign(&mut singly, c, "us", T0 + 10)))
+        .collect();
+    let answers = assign_batch(&mut batched, &channels, "us", T0 + 10);
+
+    assert_eq!(answers, expected);
+    // The same records under the same versions, change log included.
+    assert_eq!(batched, singly);
+}
+
+#[test]
+fn a_batch_follows_placement_rules_and_mixes_known_and_new_channels() {
+    let mut state = three_regions();
+    state.apply(Command::SetPlacementRules {
+        rules: vec![rule(ANY_APP, "eu-only:", "eu"), rule("vip", "", "ap")],
+    });
+    let known = home_of(&assign(&mut state, "app/known", "ap", T0));
+
+    let answers = assign_batch(
+        &mut state,
+        &["app/known", "app/eu-only:x", "vip/y", "app/z"],
+        "us",
+        T0 + 100,
+    );
+
+    let regions: Vec<&str> = (answers.iter())
+        .map(|a| a.home.as_ref().unwrap().region.as_str())
+        .collect();
+    assert_eq!(regions, ["ap", "eu", "ap", "us"]);
+    let assigned: Vec<bool> = answers.iter().map(|a| a.assigned).collect();
+    assert_eq!(assigned, [false, true, true, true]);
+    // The known home is unchanged but for its last use.
+    assert_eq!(
+        answers[0].home,
+        Ok(Home {
+            last_used_ms: T0 + 100,
+            ..known
+        })
+    );
+    assert_eq!(state.catalog().homes().count(), 4);
+}
+
+#[test]
+fn a_refused_channel_fails_alone_and_a_batch_with_no_region_assigns_nothing() {
+    let mut state = three_regions();
+
+    let answers = assign_batch(&mut state, &["app/ok", "no-app", "app/also"], "eu", T0);
+
+    assert_eq!(
+        answers[1].home,
+        Err(CommandError::InvalidChannel("no-app".into()))
+    );
+    assert!(answers[0].home.is_ok() && answers[2].home.is_ok());
+
+    let mut empty = ControlState::default();
+    let answers = assign_batch(&mut empty, &["app/a", "app/b"], "eu", T0);
+    assert!(answers
+        .iter()
+        .all(|a| a.home == Err(CommandError::NoRegionAvailable)));
+    assert_eq!(empty.version(), 0);
+}
+
+#[test]
+fn a_touch_batch_keeps_homes_from_expiring_and_reports_unknown_channels() {
+    let mut state = three_regions();
+    assign_batch(
+        &mut state,
+        &["app/kept", "app/idle", "app/also-kept"],
+        "eu",
+        T0,
+    );
+
+    let answers = touch_batch(
+        &mut state,
+        &["app/kept", "app/none", "app/also-kept"],
+        T0 + 60,
+    );
+    let expired = state.apply(Command::ExpireIdleHomes {
+        now_ms: T0 + 100,
+        idle_ms: 50,
+    });
+
+    assert_eq!(answers[0].home.as_ref().unwrap().last_used_ms, T0 + 60);
+    assert_eq!(
+        answers[1].home,
+        Err(CommandError::NoSuchHome("app/none".into()))
+    );
+    assert_eq!(expired.outcome, Ok(Outcome::Removed { count: 1 }));
+    let left: Vec<&String> = state.catalog().homes().map(|(c, _)| c).collect();
+    assert_eq!(left, ["app/also-kept", "app/kept"]);
+}
+
+#[test]
+fn a_batch_over_the_limit_is_refused_whole_and_changes_nothing() {
+    let mut state = three_regions();
+    let version = state.version();
+    let names: Vec<String> = (0..=MAX_HOMES_PER_COMMAND)
+        .map(|i| format!("app/c{i}"))
+        .collect();
+
+    let response = state.apply(Command::GetOrAssignHomes {
+        channels: names.clone(),
+        preferred_region: "eu".into(),
+        now_ms: T0,
+    });
+
+    assert!(matches!(
+        response.outcome,
+        Err(CommandError::Invalid { .. })
+    ));
+    assert_eq!(state.version(), version);
+    let at_limit = state.apply(Command::GetOrAssignHomes {
+        channels: names[1..].to_vec(),
+        preferred_region: "eu".into(),
+        now_ms: T0,
+    });
+    assert_eq!(at_limit.version, version + MAX_HOMES_PER_COMMAND as u64);
 }
 
 // ----- moves
@@ -719,6 +906,10 @@ fn busy_history(state: &mut ControlState) {
         assign(state, &format!("a1/ch{i}"), preferred, T0 + i);
         assign(state, &format!("a1/eu-only:{i}"), preferred, T0 + i);
     }
+    let batch: Vec<String> = (0..10).map(|i| format!("a1/batch{i}")).collect();
+    let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+    assign_batch(state, &batch, "ap", T0 + 5);
+    touch_batch(state, &batch[..5], T0 + 30);
     state.apply(Command::RevokeTokens {
         key_name: "a1.k1".into(),
         target: "clientId:eve".into(),

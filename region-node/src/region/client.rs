@@ -168,13 +168,20 @@ impl RegionState {
         }
         slot.inflight.insert(req, inflight);
         self.inflight_channels.insert(req, channel.to_owned());
+        (self.schedule.publishes).schedule(publish_deadline(since_ms), req);
         self.follow(channel);
     }
 
-    /// The one routing step of a ChannelClient: follow the master the ring names,
-    /// (re)subscribe when needed, and send every publish not yet sent to it, or sent
-    /// too long ago.
+    /// The one routing step of a ChannelClient (see `route`); a client left waiting
+    /// for something is visited again on the next tick.
     fn follow(&mut self, channel: &str) {
+        self.route(channel);
+        self.mark_if_unsettled(channel);
+    }
+
+    /// Follows the master the ring names, (re)subscribes when needed, and sends every
+    /// publish not yet sent to it, or sent too long ago.
+    fn route(&mut self, channel: &str) {
         let owner = self.ring.owner(channel).map(str::to_owned);
         let now = self.now_ms;
         let Some(slot) = self.clients.get_mut(channel) else {
@@ -364,7 +371,8 @@ impl RegionState {
         };
         if result.is_err() && is_presence_report(&inflight.publish) {
             // Nothing else would repeat a report of who holds members: it stays in
-            // flight and goes again after the usual resend delay (until it expires).
+            // flight (under its first deadline) and goes again after the usual resend
+            // delay, until it expires.
             let now = self.now_ms;
             if let Some(slot) = self.clients.get_mut(&channel) {
                 let inflight = Inflight {
@@ -372,10 +380,12 @@ impl RegionState {
                     ..inflight
                 };
                 slot.inflight.insert(req, inflight);
-                self.inflight_channels.insert(req, channel);
+                self.inflight_channels.insert(req, channel.clone());
+                self.schedule.unsettled.mark(&channel);
             }
             return;
         }
+        (self.schedule.publishes).cancel(publish_deadline(inflight.since_ms), req);
         let _ = inflight.reply.send(result);
         self.drop_client_if_idle(&channel);
     }
@@ -387,6 +397,7 @@ impl RegionState {
             if slot.master.as_deref() == Some(from.as_str()) {
                 slot.master = None;
                 slot.subscribed = false;
+                self.schedule.unsettled.mark(channel);
             }
         }
     }
@@ -428,8 +439,8 @@ impl RegionState {
         self.clients.remove(channel);
     }
 
-    /// After a view change and on every tick: every ChannelClient takes its routing
-    /// step.
+    /// After a view or lease change: every ChannelClient takes its routing step (the
+    /// ring may name another master for any of them).
     pub(super) fn reroute_clients(&mut self) {
         let channels: Vec<String> = self.clients.keys().cloned().collect();
         for channel in channels {
@@ -440,36 +451,45 @@ impl RegionState {
     /// On a tick: the routing step of every ChannelClient that still waits for
     /// something (a subscription, an answer, a master). The others follow the ring,
     /// which only changes with the view, when `reroute_clients` visits them all.
+    /// The waiting ones are those marked since the last tick (see `follow`), not found
+    /// by looking at every client.
     pub(super) fn follow_unsettled(&mut self) {
-        let unsettled: Vec<String> = (self.clients.iter())
-            .filter(|(_, slot)| {
-                slot.master.is_none()
-                    || (slot.wants_frames && !slot.subscribed)
-                    || !slot.inflight.is_empty()
-            })
-            .map(|(channel, _)| channel.clone())
-            .collect();
-        for channel in unsettled {
-            self.follow(&channel);
+        for channel in self.schedule.unsettled.take() {
+            self.schedule.visits += 1;
+            if self.is_unsettled(&channel) {
+                self.follow(&channel);
+            }
         }
     }
 
-    /// Refuses local publishes that waited too long for any master.
+    /// Marks a client that waits for something, so the next tick takes its routing
+    /// step again.
+    fn mark_if_unsettled(&mut self, channel: &str) {
+        if self.is_unsettled(channel) {
+            self.schedule.unsettled.mark(channel);
+        }
+    }
+
+    fn is_unsettled(&self, channel: &str) -> bool {
+        self.clients.get(channel).is_some_and(ClientSlot::unsettled)
+    }
+
+    /// Refuses local publishes that waited too long for any master, taking only the
+    /// deadlines that came due (those answered in time were cancelled).
     pub(super) fn expire_publishes(&mut self) {
-        let now = self.now_ms;
         let error = AblyError::Timeout("no channel master acknowledged in time".into()).to_info();
-        for slot in self.clients.values_mut() {
-            let expired: Vec<u64> = slot
-                .inflight
-                .iter()
-                .filter(|(_, i)| now - i.since_ms > PUBLISH_TIMEOUT_MS)
-                .map(|(req, _)| *req)
-                .collect();
-            for req in expired {
-                let inflight = slot.inflight.remove(&req).expect("listed");
-                self.inflight_channels.remove(&req);
-                let _ = inflight.reply.send(Err(error.clone()));
-            }
+        for (_, req) in self.schedule.publishes.take_due(self.now_ms) {
+            self.schedule.visits += 1;
+            let Some(channel) = self.inflight_channels.remove(&req) else {
+                continue;
+            };
+            let found = self.clients.get_mut(&channel);
+            let Some(inflight) = found.and_then(|slot| slot.inflight.remove(&req)) else {
+                continue;
+            };
+            let _ = inflight.reply.send(Err(error.clone()));
+            // As after an answer: a client kept only for this publish is forgotten.
+            self.drop_client_if_idle(&channel);
         }
     }
 
@@ -515,7 +535,22 @@ impl RegionState {
     }
 }
 
+/// When a publish made at `since_ms` has waited longer than `PUBLISH_TIMEOUT_MS`.
+fn publish_deadline(since_ms: i64) -> i64 {
+    since_ms
+        .saturating_add(PUBLISH_TIMEOUT_MS)
+        .saturating_add(1)
+}
+
 impl ClientSlot {
+    /// Whether the client waits for something: a master, its subscription, or answers
+    /// to its publishes.
+    fn unsettled(&self) -> bool {
+        self.master.is_none()
+            || (self.wants_frames && !self.subscribed)
+            || !self.inflight.is_empty()
+    }
+
     /// Where a (re)subscription starts: the last position delivered here, or earlier
     /// when a resuming attachment continues from further back.
     fn subscribe_from(&self) -> Option<Position> {

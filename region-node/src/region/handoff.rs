@@ -179,8 +179,10 @@ impl RegionState {
         }
     }
 
-    /// Forgets state requests nobody answered (their asker gave up long ago).
+    /// Forgets state requests nobody answered (their asker gave up long ago). There
+    /// are only as many as home moves in progress.
     pub(super) fn expire_handoffs(&mut self) {
+        self.schedule.visits += self.handoffs.len();
         let now = self.now_ms;
         self.handoffs
             .retain(|_, wait| now - wait.since_ms <= HANDOFF_REQUEST_TTL_MS);

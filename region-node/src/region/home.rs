@@ -116,17 +116,44 @@ impl RegionState {
         });
     }
 
-    /// Keeps the homes of the channels this node sequences from expiring (on ticks).
+    /// Keeps the homes of the channels this node sequences from expiring (on ticks),
+    /// visiting only the masters whose touch is due.
     pub(super) fn touch_homes(&mut self) {
         let now = self.now_ms;
         let every = self.home_touch_ms;
-        for (channel, slot) in &mut self.masters {
-            if now - slot.touched_ms >= every {
-                slot.touched_ms = now;
-                self.home_requests.push(HomeRequest::Touch {
-                    channel: channel.clone(),
-                });
+        for (_, channel) in self.schedule.touches.take_due(now) {
+            self.schedule.visits += 1;
+            let Some(slot) = self.masters.get_mut(&channel) else {
+                continue;
+            };
+            // Not due: the entry of an earlier master of the channel; this one has its
+            // own, queued when it took the channel.
+            if now - slot.touched_ms < every {
+                continue;
             }
+            slot.touched_ms = now;
+            self.home_requests.push(HomeRequest::Touch {
+                channel: channel.clone(),
+            });
+            self.schedule_touch(&channel);
+        }
+    }
+
+    /// Queues a master's next home touch, one period after its last.
+    pub(super) fn schedule_touch(&mut self, channel: &str) {
+        let Some(slot) = self.masters.get(channel) else {
+            return;
+        };
+        let at = slot.touched_ms.saturating_add(self.home_touch_ms);
+        self.schedule.touches.schedule(at, channel.to_owned());
+    }
+
+    /// Queues every master's touch again (the period changed; at startup, before any).
+    pub(super) fn reschedule_touches(&mut self) {
+        self.schedule.touches.clear();
+        let channels: Vec<String> = self.masters.keys().cloned().collect();
+        for channel in channels {
+            self.schedule_touch(&channel);
         }
     }
 

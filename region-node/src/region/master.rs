@@ -36,6 +36,16 @@ pub(super) struct MasterSlot {
     /// The members as of `committed`: what a new subscriber is told (the core's set
     /// also holds what is not committed yet).
     pub members: Members,
+    /// The time of this slot's entry in the sweep queue, when it has one.
+    pub sweep_at: Option<i64>,
+}
+
+impl MasterSlot {
+    /// Whether nothing but its history keeps the channel here: no node subscribed and
+    /// nothing waits for copies. Such a master is forgotten once idle.
+    pub fn may_forget(&self) -> bool {
+        self.subscribers.is_empty() && self.pending.is_empty()
+    }
 }
 
 pub(super) struct Uncommitted {
@@ -53,6 +63,18 @@ pub(super) struct Uncommitted {
 pub(super) struct Replica {
     pub core: ChannelMaster,
     pub epoch: u64,
+    /// The time of this copy's entry in the sweep queue, when it has one.
+    pub sweep_at: Option<i64>,
+}
+
+impl Replica {
+    pub fn new(core: ChannelMaster, epoch: u64) -> Self {
+        Self {
+            core,
+            epoch,
+            sweep_at: None,
+        }
+    }
 }
 
 /// A channel this node is taking over: it asked every peer for its state and holds
@@ -112,6 +134,8 @@ impl RegionState {
                 if let Some(slot) = self.masters.get_mut(&channel) {
                     slot.subscribers.remove(&from);
                 }
+                // The last subscriber gone lets an idle master be forgotten.
+                self.schedule_sweep(&channel);
             }
             ChannelMsg::Publish {
                 channel,
@@ -218,6 +242,7 @@ impl RegionState {
             reply_to: from,
             req,
         });
+        self.schedule.uncommitted.mark(channel);
         if sequenced.entries.is_empty() {
             self.commit_ready(channel);
             return;
@@ -288,6 +313,7 @@ impl RegionState {
                 },
             );
         }
+        self.schedule_sweep(channel);
     }
 
     fn read_history(&mut self, from: NodeId, channel: &str, req: u64, query: &HistoryQuery) {
@@ -402,13 +428,8 @@ impl RegionState {
             );
         }
         let epoch = slot.core.epoch();
-        self.replicas.insert(
-            channel.to_owned(),
-            Replica {
-                core: slot.core,
-                epoch,
-            },
-        );
+        (self.replicas).insert(channel.to_owned(), Replica::new(slot.core, epoch));
+        self.schedule_sweep(channel);
         debug!(channel.name = channel, "stepped down as master");
     }
 
@@ -499,10 +520,15 @@ impl RegionState {
 
     /// A copy holder that missed entries (it refused them while its view disagreed,
     /// or a link flapped) holds back every publish; on each tick it is sent the whole
-    /// state again.
+    /// state again. Only masters that sequenced something since they last had nothing
+    /// pending are looked at.
     pub(super) fn resend_to_lagging_copies(&mut self) {
         let mut resends = Vec::new();
-        for (channel, slot) in &self.masters {
+        for channel in self.schedule.uncommitted.take() {
+            self.schedule.visits += 1;
+            let Some(slot) = self.masters.get(&channel) else {
+                continue;
+            };
             let Some(head) = slot.pending.front() else {
                 continue;
             };
@@ -511,6 +537,7 @@ impl RegionState {
                     resends.push((channel.clone(), copy.clone()));
                 }
             }
+            self.schedule.uncommitted.mark(&channel);
         }
         for (channel, copy) in resends {
             self.send_snapshot(&channel, copy);
@@ -611,6 +638,7 @@ impl RegionState {
     /// Asks again every live peer that has not answered "ready" (on every tick).
     pub(super) fn retry_acquires(&mut self) {
         let channels: Vec<String> = self.acquiring.keys().cloned().collect();
+        self.schedule.visits += channels.len();
         for channel in channels {
             self.ask_for_state(&channel);
             self.want_home(&channel);
@@ -638,8 +666,8 @@ impl RegionState {
                 let mut core = ChannelMaster::new(public_name(channel), 0, self.limits.clone());
                 let epoch = best.last.epoch.max(acquire.max_epoch);
                 core.restore(best);
-                self.replicas
-                    .insert(channel.to_owned(), Replica { core, epoch });
+                (self.replicas).insert(channel.to_owned(), Replica::new(core, epoch));
+                self.schedule_sweep(channel);
             }
             match self.bridges {
                 Some(_) => self.start_relay(channel, &home, acquire.queued),
@@ -684,13 +712,20 @@ impl RegionState {
                 home_epoch: home.epoch,
                 touched_ms: self.now_ms,
                 members,
+                sweep_at: None,
             },
         );
+        self.schedule_touch(channel);
         self.refresh_copies(channel);
         self.mark_lost_holders(channel);
+        // Inherited members may be held in regions gone silent, or due to leave.
+        self.presence_changed(channel);
         for (from, msg) in acquire.queued {
             self.on_master_msg(from, msg);
         }
+        // After the requests it held: a master taken for a subscriber is not forgotten
+        // when idle, so only its history's expiry is queued.
+        self.schedule_sweep(channel);
     }
 
     /// A copy holder receives entries or a full state from a master.
@@ -730,13 +765,12 @@ impl RegionState {
 
         let now = self.now_ms;
         let limits = self.limits.clone();
-        let replica = self
-            .replicas
-            .entry(channel.to_owned())
-            .or_insert_with(|| Replica {
-                core: ChannelMaster::new(public_name(channel), epoch, limits),
+        let replica = (self.replicas.entry(channel.to_owned())).or_insert_with(|| {
+            Replica::new(
+                ChannelMaster::new(public_name(channel), epoch, limits),
                 epoch,
-            });
+            )
+        });
         replica.epoch = epoch;
         if let Some(snapshot) = snapshot {
             replica.core.restore(snapshot);
@@ -746,6 +780,7 @@ impl RegionState {
         // Otherwise entries are missing in between: applying these would leave a
         // hole, so the copy reports where it stands and gets the whole state instead.
         let upto = replica.core.position();
+        self.schedule_sweep(channel);
         self.send(
             from,
             ChannelMsg::Replicated {
@@ -757,7 +792,8 @@ impl RegionState {
     }
 }
 
-fn master_channel(msg: &ChannelMsg) -> &str {
+/// The channel a request for a master (or relay) is about.
+pub(super) fn master_channel(msg: &ChannelMsg) -> &str {
     match msg {
         ChannelMsg::Subscribe { channel, .. }
         | ChannelMsg::Unsubscribe { channel }

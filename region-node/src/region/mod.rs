@@ -14,6 +14,7 @@ mod master;
 pub mod msg;
 mod presence;
 mod relay;
+mod schedule;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -31,6 +32,7 @@ use master::{Acquire, MasterSlot, Replica};
 use msg::ChannelMsg;
 pub use presence::Leave;
 pub use relay::{BridgeIn, BridgeOut};
+use schedule::Schedule;
 pub use stats::{ChannelActivity, RegionStats};
 
 use crate::channel_client::{Occupancy, Subscriber};
@@ -103,6 +105,9 @@ pub struct RegionState {
     home_touch_ms: i64,
     /// Channels homed elsewhere that this node relays (see `relay`).
     relays: HashMap<String, relay::RelaySlot>,
+    /// The relay of each bridge request in flight (a forward or a read), so an
+    /// answer finds its relay without visiting every relay.
+    bridge_reqs: HashMap<u64, String>,
     /// What to send over bridges, drained by the region task.
     bridge_out: Vec<BridgeOut>,
     /// Remote regions whose bridge link is up.
@@ -117,6 +122,8 @@ pub struct RegionState {
     lease: bool,
     /// Presence limits and timings.
     presence: presence::PresenceSettings,
+    /// What the periodic work visits: deadlines and the channels that may be waiting.
+    schedule: Schedule,
     /// Messages to send, in order. Those addressed to this node are handled locally.
     pub out: Vec<(NodeId, ChannelMsg)>,
 }
@@ -146,6 +153,7 @@ impl RegionState {
             home_requests: Vec::new(),
             home_touch_ms: DEFAULT_HOME_TOUCH_MS,
             relays: HashMap::new(),
+            bridge_reqs: HashMap::new(),
             bridge_out: Vec::new(),
             links_up: BTreeSet::new(),
             bridges: None,
@@ -153,6 +161,7 @@ impl RegionState {
             handoff_wait_ms: handoff::DEFAULT_HANDOFF_WAIT_MS,
             lease: true,
             presence: presence::PresenceSettings::default(),
+            schedule: Schedule::default(),
             out: Vec::new(),
         };
         state.set_view([me.to_owned()].into_iter().collect(), 1);
@@ -188,6 +197,7 @@ impl RegionState {
     /// How often masters keep their channels' homes from expiring.
     pub fn set_home_touch_ms(&mut self, every_ms: i64) {
         self.home_touch_ms = every_ms.max(TICK_MS as i64);
+        self.reschedule_touches();
     }
 
     /// Whether the region holds its sequencing lease: without it no channel is
@@ -212,8 +222,10 @@ impl RegionState {
     }
 
     /// Periodic work: retry what waits on others, expire what waited too long, and
-    /// forget channels with nothing left to keep.
+    /// forget channels with nothing left to keep. Each step visits only what is due
+    /// or waiting (see `schedule`), never every channel.
     pub fn tick(&mut self) {
+        self.schedule.visits = 0;
         self.retry_acquires();
         self.resend_to_lagging_copies();
         self.follow_unsettled();
@@ -323,7 +335,10 @@ impl RegionState {
         }
     }
 
+    /// Times out and (re)sends pending history reads; there are only as many as
+    /// readers wait for.
     fn retry_history(&mut self) {
+        self.schedule.visits += self.history.len();
         let now = self.now_ms;
         let expired: Vec<u64> = self
             .history
@@ -360,18 +375,64 @@ impl RegionState {
         }
     }
 
+    /// Expires history, and forgets masters nobody uses and copies with nothing left,
+    /// visiting only the channels whose next expiry or idle time has come.
     fn sweep(&mut self) {
+        for (at, channel) in self.schedule.sweeps.take_due(self.now_ms) {
+            self.schedule.visits += 1;
+            self.sweep_master(&channel, at);
+            self.sweep_replica(&channel, at);
+            self.schedule_sweep(&channel);
+        }
+    }
+
+    /// The sweep of a master, if the entry due `at` is its own (not a stale one).
+    fn sweep_master(&mut self, channel: &str, at: i64) {
         let now = self.now_ms;
-        for slot in self.masters.values_mut() {
-            slot.core.expire(now);
+        let Some(slot) = self.masters.get_mut(channel) else {
+            return;
+        };
+        if slot.sweep_at != Some(at) {
+            return;
         }
-        self.masters.retain(|_, s| {
-            !(s.subscribers.is_empty() && s.pending.is_empty() && s.core.is_idle(now))
+        slot.sweep_at = None;
+        slot.core.expire(now);
+        if slot.may_forget() && slot.core.is_idle(now) {
+            self.masters.remove(channel);
+        }
+    }
+
+    fn sweep_replica(&mut self, channel: &str, at: i64) {
+        let now = self.now_ms;
+        let Some(replica) = self.replicas.get_mut(channel) else {
+            return;
+        };
+        if replica.sweep_at != Some(at) {
+            return;
+        }
+        replica.sweep_at = None;
+        replica.core.expire(now);
+        if replica.core.is_idle(now) {
+            self.replicas.remove(channel);
+        }
+    }
+
+    /// Queues the next sweep of `channel`'s master and copy, when it comes before the
+    /// one queued. Called after every change to either that can bring it forward: new
+    /// entries, a restored state, the last subscriber or uncommitted publish gone.
+    pub(super) fn schedule_sweep(&mut self, channel: &str) {
+        // A master still used is not forgotten when idle: its idle time does not count
+        // until it may be (the change that allows it schedules it again).
+        let master = (self.masters.get_mut(channel)).and_then(|slot| {
+            let due = slot.core.next_due(slot.may_forget());
+            schedule::earlier(&mut slot.sweep_at, due)
         });
-        for replica in self.replicas.values_mut() {
-            replica.core.expire(now);
+        let replica = (self.replicas.get_mut(channel)).and_then(|replica| {
+            schedule::earlier(&mut replica.sweep_at, replica.core.next_due(true))
+        });
+        for at in master.into_iter().chain(replica) {
+            self.schedule.sweeps.schedule(at, channel.to_owned());
         }
-        self.replicas.retain(|_, r| !r.core.is_idle(now));
     }
 
     pub fn channel_count(&self) -> usize {
@@ -677,6 +738,7 @@ async fn run(
         apply_view(&mut state, &views.borrow_and_update());
     }
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(TICK_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -725,9 +787,7 @@ async fn run(
             }
         }
 
-        for request in state.take_home_requests() {
-            tokio::spawn(ask_home(control.clone(), request));
-        }
+        control.ask_homes(state.take_home_requests());
 
         for (to, msg) in state.drain() {
             match &mesh {
@@ -739,18 +799,6 @@ async fn run(
                 None => debug!(peer.id = %to, "no mesh; message dropped"),
             }
         }
-    }
-}
-
-/// Carries one home request to the global master. The answer reaches the state
-/// machine as a home event of the catalog copy; a failure is retried from a tick.
-async fn ask_home(control: Arc<ControlPlane>, request: HomeRequest) {
-    let result = match &request {
-        HomeRequest::Assign { channel } => control.home(channel).await.map(|_| ()),
-        HomeRequest::Touch { channel } => control.touch_home(channel).await,
-    };
-    if let Err(error) = result {
-        debug!(?request, "home request failed: {error}");
     }
 }
 

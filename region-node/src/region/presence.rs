@@ -77,8 +77,18 @@ impl RegionState {
     /// Regions without a lease (see `ControlPlane::silent_regions`): their nodes sent
     /// their clients away, so the members they held leave here as if their nodes had
     /// died when the region was last heard from.
+    ///
+    /// Applied to every master when the list changes (rare), and from then on to each
+    /// master whose members change (see `presence_changed`), not on every tick.
     pub fn set_silent_regions(&mut self, silent: Vec<(String, i64)>) {
+        if silent == self.presence.silent_regions {
+            return;
+        }
         self.presence.silent_regions = silent;
+        let masters: Vec<String> = self.masters.keys().cloned().collect();
+        for channel in masters {
+            self.presence_changed(&channel);
+        }
     }
 
     fn holder(&self) -> Holder {
@@ -115,7 +125,8 @@ impl RegionState {
                 match (slot.core).sequence_presence(&publish, &holder, grace_ms, messages, max, now)
                 {
                     Ok(sequenced) => {
-                        return self.queue_sequenced(from, channel, req, after, sequenced);
+                        self.queue_sequenced(from, channel, req, after, sequenced);
+                        return self.presence_changed(channel);
                     }
                     Err(error) => Err(error.to_info()),
                 }
@@ -154,6 +165,7 @@ impl RegionState {
             },
         );
         self.leave_due(channel);
+        self.presence_changed(channel);
     }
 
     /// Sends a report that changed who holds members, or when they leave, to the
@@ -223,6 +235,22 @@ impl RegionState {
         }
     }
 
+    /// After the members of a master's channel, or who holds them, changed: members
+    /// held in silent regions get their leave times, and the earliest leave is queued.
+    pub(super) fn presence_changed(&mut self, channel: &str) {
+        self.leave_silent_regions(channel);
+        self.schedule_leaves(channel);
+    }
+
+    /// Queues the master's earliest member leave. Earlier entries for leaves that were
+    /// called off (the connection came back) are found stale when taken.
+    fn schedule_leaves(&mut self, channel: &str) {
+        let next = (self.masters.get(channel)).and_then(|slot| slot.core.members().next_leave());
+        if let Some(at) = next {
+            self.schedule.leaves.schedule(at, channel.to_owned());
+        }
+    }
+
     /// Members held in regions the global master no longer hears from leave their
     /// grace after it last did.
     fn leave_silent_regions(&mut self, channel: &str) {
@@ -256,6 +284,7 @@ impl RegionState {
         let masters: Vec<String> = self.masters.keys().cloned().collect();
         for channel in masters {
             self.mark_lost_holders(&channel);
+            self.schedule_leaves(&channel);
         }
         let relays: Vec<String> = self.relays.keys().cloned().collect();
         for channel in relays {
@@ -276,25 +305,25 @@ impl RegionState {
     }
 
     /// Periodic presence work: members whose grace ran out leave; ChannelClients
-    /// forget connections whose members have had time to leave.
+    /// forget connections whose members have had time to leave. Both visit only the
+    /// channels with a leave, or a gone connection to forget, due.
     pub(super) fn tick_presence(&mut self) {
-        let masters: Vec<String> = self.masters.keys().cloned().collect();
-        for channel in masters {
-            self.leave_silent_regions(&channel);
-            self.leave_due(&channel);
-        }
         let now = self.now_ms;
-        let mut idle = Vec::new();
-        for (channel, slot) in &mut self.clients {
-            let before = slot.gone.len();
-            slot.gone
-                .retain(|g| g.leave_at_ms.saturating_add(GONE_KEPT_MS) > now);
-            if slot.gone.len() < before {
-                idle.push(channel.clone());
-            }
+        for (_, channel) in self.schedule.leaves.take_due(now) {
+            self.schedule.visits += 1;
+            self.leave_due(&channel);
+            self.schedule_leaves(&channel);
         }
-        for channel in idle {
-            self.drop_client_if_idle(&channel);
+        for (_, channel) in self.schedule.gone.take_due(now) {
+            self.schedule.visits += 1;
+            let Some(slot) = self.clients.get_mut(&channel) else {
+                continue;
+            };
+            let before = slot.gone.len();
+            slot.gone.retain(|g| gone_until(g) > now);
+            if slot.gone.len() < before {
+                self.drop_client_if_idle(&channel);
+            }
         }
     }
 
@@ -326,6 +355,7 @@ impl RegionState {
         };
         slot.gone.retain(|g| g.connection_id != connection_id);
         slot.gone.push(gone.clone());
+        (self.schedule.gone).schedule(gone_until(&gone), channel.to_owned());
         let op = PresenceOp::Gone {
             holder: self.holder(),
             connection_id: gone.connection_id,
@@ -404,6 +434,11 @@ impl RegionState {
             send_sync(&sub.outbox, public_name(channel), &slot.members, position);
         }
     }
+}
+
+/// When a ChannelClient stops telling new masters about a gone connection.
+fn gone_until(gone: &GoneConn) -> i64 {
+    gone.leave_at_ms.saturating_add(GONE_KEPT_MS)
 }
 
 impl ClientSlot {

@@ -142,6 +142,24 @@ pub(super) struct Read {
 }
 
 impl RelaySlot {
+    /// Nobody left to relay for: no subscriber, none waiting, nothing in flight.
+    fn is_idle(&self) -> bool {
+        self.subscribers.is_empty()
+            && self.waiting.is_empty()
+            && self.forwarded.is_empty()
+            && self.reads.is_empty()
+    }
+
+    /// Whether a tick has something to look at: publishes or reads waiting for the
+    /// home, interest to declare again over a link that is up, or no one left. A
+    /// relay whose link is down waits for `BridgeIn::Up`, which visits it.
+    fn needs_ticks(&self, link_up: bool) -> bool {
+        !self.forwarded.is_empty()
+            || !self.reads.is_empty()
+            || (!self.linked && link_up)
+            || self.is_idle()
+    }
+
     /// Whether `since` lies before what this relay holds (and is a real position, not
     /// the start of everything retained).
     fn predates(&self, since: Position) -> bool {
@@ -202,17 +220,27 @@ impl RegionState {
         };
         debug!(channel.name = channel, home.region = %home.region, "relaying a channel homed elsewhere");
         self.relays.insert(channel.to_owned(), slot);
+        self.schedule.relays.mark(channel);
         self.declare_interest(channel);
         // Members held by a node of this region that died before this relay began
         // (the previous relay's, say) leave at the home.
+        // TODO: a relay nobody uses for an unreachable home stops when idle and this
+        // report's repeats start it again, with a new report, until the link is back:
+        // a few visits per tick per such channel. A presence report alone should not
+        // start a relay again.
         self.report_alive(channel);
         for (from, msg) in queued {
             self.on_relay_msg(from, msg);
         }
     }
 
-    /// A ChannelClient's request to the relay of `channel`.
+    /// A ChannelClient's request to the relay of `channel`. Each may leave the relay
+    /// with something to wait for (a publish, a read, interest) or with no one to
+    /// relay for, so the next tick looks at it.
     pub(super) fn on_relay_msg(&mut self, from: NodeId, msg: ChannelMsg) {
+        self.schedule
+            .relays
+            .mark(super::master::master_channel(&msg));
         match msg {
             ChannelMsg::Subscribe {
                 channel,
@@ -282,6 +310,7 @@ impl RegionState {
             sent: up,
         };
         slot.reads.insert(bridge_req, read);
+        self.bridge_reqs.insert(bridge_req, channel.to_owned());
     }
 
     /// Answers a read from what was relayed (the home could not be asked in time).
@@ -363,6 +392,7 @@ impl RegionState {
         if self.links_up.contains(&slot.region) {
             self.bridge_out.push(out);
         }
+        self.bridge_reqs.insert(bridge_req, channel.to_owned());
     }
 
     fn declare_interest(&mut self, channel: &str) {
@@ -406,14 +436,16 @@ impl RegionState {
             BridgeIn::Ack { req, result } => self.on_home_ack(req, result),
             BridgeIn::HandedOver { req, state } => self.on_handed_over(req, state),
             BridgeIn::HistoryPage { req, result } => {
-                let found = (self.relays.values_mut()).find_map(|slot| slot.reads.remove(&req));
-                if let Some(read) = found {
-                    let msg = ChannelMsg::HistoryPage {
-                        req: read.req,
-                        result,
-                    };
-                    self.send(read.reply_to, msg);
-                }
+                let Some((channel, read)) = self.take_bridge_req(req, |slot| &mut slot.reads)
+                else {
+                    return;
+                };
+                let msg = ChannelMsg::HistoryPage {
+                    req: read.req,
+                    result,
+                };
+                self.send(read.reply_to, msg);
+                self.schedule.relays.mark(&channel);
             }
             BridgeIn::Refused { channel, error } => {
                 // The home's view may be ahead of (or behind) this node's catalog copy;
@@ -422,6 +454,7 @@ impl RegionState {
                 debug!(channel.name = %channel, error.code = error.code, "home refused interest");
                 if let Some(slot) = self.relays.get_mut(&channel) {
                     slot.linked = false;
+                    self.schedule.relays.mark(&channel);
                 }
             }
         }
@@ -438,6 +471,7 @@ impl RegionState {
             .map(|(channel, _)| channel.clone())
             .collect();
         for channel in channels {
+            self.schedule.relays.mark(&channel);
             let slot = self.relays.get_mut(&channel).expect("listed");
             slot.linked = false;
             let resends: Vec<BridgeOut> = (slot.forwarded.iter())
@@ -490,6 +524,7 @@ impl RegionState {
                 // ChannelClients held what the relay held; sent to subscribe again, they
                 // hear that history no longer reaches back and tell their connections.
                 debug!(channel.name = channel, error = ?error, "relay continues with a gap");
+                self.schedule.relays.mark(channel);
                 let told = std::mem::take(&mut slot.subscribers);
                 for node in told {
                     let msg = ChannelMsg::NotMaster {
@@ -537,6 +572,7 @@ impl RegionState {
                 "gap in relayed frames; declaring interest again"
             );
             slot.linked = false;
+            self.schedule.relays.mark(channel);
             self.declare_interest(channel);
             return;
         }
@@ -561,17 +597,29 @@ impl RegionState {
     }
 
     fn on_home_ack(&mut self, req: u64, result: Result<Vec<Option<String>>, ErrorInfo>) {
-        let found = self
-            .relays
-            .values_mut()
-            .find_map(|slot| slot.forwarded.remove(&req));
-        if let Some(forwarded) = found {
-            let msg = ChannelMsg::Published {
-                req: forwarded.req,
-                result,
-            };
-            self.send(forwarded.reply_to, msg);
-        }
+        let Some((channel, forwarded)) = self.take_bridge_req(req, |slot| &mut slot.forwarded)
+        else {
+            return;
+        };
+        let msg = ChannelMsg::Published {
+            req: forwarded.req,
+            result,
+        };
+        self.send(forwarded.reply_to, msg);
+        // The last answer may leave the relay with no one to relay for.
+        self.schedule.relays.mark(&channel);
+    }
+
+    /// Takes the forward or read a bridge answer is for, from the relay that made it.
+    fn take_bridge_req<T>(
+        &mut self,
+        req: u64,
+        held: impl FnOnce(&mut RelaySlot) -> &mut BTreeMap<u64, T>,
+    ) -> Option<(String, T)> {
+        let channel = self.bridge_reqs.remove(&req)?;
+        let slot = self.relays.get_mut(&channel)?;
+        let taken = held(slot).remove(&req)?;
+        Some((channel, taken))
     }
 
     /// Stops relaying `channel` (its home moved, or another node relays it now): the
@@ -597,10 +645,12 @@ impl RegionState {
         for (node, _) in slot.waiting {
             self.send(node, not_master());
         }
-        for read in slot.reads.into_values() {
+        for (req, read) in slot.reads {
+            self.bridge_reqs.remove(&req);
             self.send(read.reply_to, not_master());
         }
-        for forwarded in slot.forwarded.into_values() {
+        for (req, forwarded) in slot.forwarded {
+            self.bridge_reqs.remove(&req);
             self.send(forwarded.reply_to, not_master());
         }
         debug!(channel.name = channel, "stopped relaying");
@@ -608,29 +658,39 @@ impl RegionState {
 
     /// Periodic relay work: refuse publishes held too long, answer reads the home did
     /// not answer in time, declare unconfirmed interest again, and stop relays nobody
-    /// uses.
+    /// uses. Only relays marked since the last tick, or still waiting then, are
+    /// visited: the others are linked, with nothing in flight, and someone to relay
+    /// for.
+    // The waits here (a held publish, a late read, unconfirmed interest) are visited on
+    // every tick while they last rather than queued by deadline: a relay in that state
+    // has a home to hear from, which is work in progress, not an idle channel.
     pub(super) fn tick_relays(&mut self) {
         let Some(limits) = self.bridges.clone() else {
             return;
         };
-        let channels: Vec<String> = self.relays.keys().cloned().collect();
-        for channel in channels {
+        for channel in self.schedule.relays.take() {
+            if !self.relays.contains_key(&channel) {
+                continue;
+            }
+            self.schedule.visits += 1;
             self.refuse_held_too_long(&channel, limits.hold_ms);
             self.answer_late_reads(&channel);
 
             let now = self.now_ms;
-            let slot = self.relays.get(&channel).expect("listed");
-            let idle = slot.subscribers.is_empty()
-                && slot.waiting.is_empty()
-                && slot.forwarded.is_empty()
-                && slot.reads.is_empty();
+            let slot = self.relays.get(&channel).expect("checked");
             let overdue = !slot.linked
                 && self.links_up.contains(&slot.region)
                 && (slot.interest_sent_ms).is_none_or(|t| now - t >= INTEREST_RETRY_MS);
-            if idle {
+            if slot.is_idle() {
                 self.stop_relay(&channel);
-            } else if overdue {
+                continue;
+            }
+            if overdue {
                 self.declare_interest(&channel);
+            }
+            let slot = self.relays.get(&channel).expect("checked");
+            if slot.needs_ticks(self.links_up.contains(&slot.region)) {
+                self.schedule.relays.mark(&channel);
             }
         }
     }
@@ -646,6 +706,9 @@ impl RegionState {
         let refused: Vec<Forwarded> = (expired.iter())
             .filter_map(|req| slot.forwarded.remove(req))
             .collect();
+        for req in &expired {
+            self.bridge_reqs.remove(req);
+        }
         for forwarded in refused {
             let msg = ChannelMsg::Published {
                 req: forwarded.req,
@@ -658,11 +721,17 @@ impl RegionState {
     fn answer_late_reads(&mut self, channel: &str) {
         let now = self.now_ms;
         let slot = self.relays.get_mut(channel).expect("caller checked");
-        let late: Vec<u64> = (slot.reads.iter())
+        let late_reqs: Vec<u64> = (slot.reads.iter())
             .filter(|(_, r)| now - r.since_ms > READ_WAIT_MS)
             .map(|(req, _)| *req)
             .collect();
-        let late: Vec<Read> = late.iter().filter_map(|r| slot.reads.remove(r)).collect();
+        let late: Vec<Read> = late_reqs
+            .iter()
+            .filter_map(|r| slot.reads.remove(r))
+            .collect();
+        for req in &late_reqs {
+            self.bridge_reqs.remove(req);
+        }
         for read in late {
             self.read_locally(channel, read);
         }

@@ -1755,3 +1755,4 @@ fn an_attached_connection_attaching_again_from_a_serial_gets_each_message_once()
 }
 
 mod presence;
+mod sweep;
