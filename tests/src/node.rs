@@ -165,6 +165,23 @@ impl Node {
         kib.parse().context("VmRSS in KiB")
     }
 
+    /// CPU time the node's process has used so far (user and system), from
+    /// `/proc/<pid>/stat` in clock ticks of 10 ms.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .context("reading the node's /proc stat")?;
+        // Fields after the command name, which is in parentheses and may hold spaces:
+        // utime and stime are the 14th and 15th of the whole line.
+        let rest = stat.rsplit_once(')').context("no command name")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> anyhow::Result<u64> {
+            let field = fields.get(i).context("short /proc stat")?;
+            field.parse().context("clock ticks")
+        };
+        let total = ticks(11)? + ticks(12)?;
+        Ok(Duration::from_millis(total * 10))
+    }
+
     /// The first key of the first app, `appId.keyId:secret`.
     pub fn key(&self) -> &str {
         &self.describe.apps[0].keys[0].key
