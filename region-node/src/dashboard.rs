@@ -152,7 +152,7 @@ impl NodeFigures {
             region: node.config.node.region.clone(),
             client,
             connections: node.connections.len(),
-            stats: node.region.stats().await,
+            stats: node.region.stats_with_busiest().await,
             totals: observe::totals(),
             accepted: observe::accepted_links(),
         }

@@ -435,10 +435,13 @@ impl RegionState {
         }
     }
 
+    /// Channels with a master or a ChannelClient here (or both): counted without
+    /// collecting names, since the gauges read it every second.
     pub fn channel_count(&self) -> usize {
-        let mut names: BTreeSet<&String> = self.masters.keys().collect();
-        names.extend(self.clients.keys());
-        names.len()
+        let masters_only = (self.masters.keys())
+            .filter(|channel| !self.clients.contains_key(*channel))
+            .count();
+        self.clients.len() + masters_only
     }
 
     pub fn masters_count(&self) -> usize {
@@ -513,6 +516,8 @@ pub enum Command {
         reply: oneshot::Sender<Occupancy>,
     },
     Stats {
+        /// Whether to rank the busiest channels too (a walk over every channel).
+        busiest: bool,
         reply: oneshot::Sender<RegionStats>,
     },
     Placement {
@@ -673,9 +678,19 @@ impl Region {
         rx.await.unwrap_or(Err(()))
     }
 
+    /// The node's counts, without `busiest` (the gauges read this every second).
     pub async fn stats(&self) -> RegionStats {
+        self.ask_stats(false).await
+    }
+
+    /// The counts and the busiest channels, for the dashboard.
+    pub async fn stats_with_busiest(&self) -> RegionStats {
+        self.ask_stats(true).await
+    }
+
+    async fn ask_stats(&self, busiest: bool) -> RegionStats {
         let (reply, rx) = oneshot::channel();
-        let _ = self.tx.send(Command::Stats { reply });
+        let _ = self.tx.send(Command::Stats { busiest, reply });
         rx.await.unwrap_or_default()
     }
 }
@@ -884,8 +899,12 @@ fn handle_command(state: &mut RegionState, command: Command) {
             epoch,
             reply,
         } => state.handoff(&channel, epoch, reply),
-        Command::Stats { reply } => {
-            let _ = reply.send(state.stats());
+        Command::Stats { busiest, reply } => {
+            let mut stats = state.stats();
+            if busiest {
+                stats.busiest = state.busiest();
+            }
+            let _ = reply.send(stats);
         }
     }
 }

@@ -419,3 +419,45 @@ fn members_held_in_a_silent_region_leave_their_grace_after_it_was_last_heard() {
     lone.tick();
     assert!(present(&lone).is_empty());
 }
+
+#[test]
+fn stats_rank_the_busiest_channels_and_count_each_channel_once() {
+    let mut lone = Lone::new(HistoryConfig::default());
+    lone.hold_channels(30, false);
+    let deliveries = [("app/idle-5", 3), ("app/idle-7", 2), ("app/idle-20", 2)];
+    let mut n = 100;
+    for (channel, count) in deliveries {
+        for _ in 0..count {
+            n += 1;
+            lone.publish(channel, n);
+        }
+    }
+
+    let stats = lone.state.stats();
+    let busiest = lone.state.busiest();
+
+    assert_eq!(
+        stats.channels, 30,
+        "a master and a client of a channel count once"
+    );
+    assert_eq!(stats.masters, 30);
+    assert!(stats.busiest.is_empty(), "ranked only when asked");
+    let ranked: Vec<(&str, u64)> = (busiest.iter())
+        .map(|a| (a.channel.as_str(), a.delivered))
+        .collect();
+    // Most delivered first; equal ones by name; then the quiet ones by name.
+    let expected = [
+        ("idle-5", 3),
+        ("idle-20", 2),
+        ("idle-7", 2),
+        ("idle-0", 0),
+        ("idle-1", 0),
+        ("idle-10", 0),
+        ("idle-11", 0),
+        ("idle-12", 0),
+        ("idle-13", 0),
+        ("idle-14", 0),
+    ];
+    assert_eq!(ranked, expected);
+    assert!(busiest.iter().all(|a| a.app == "app" && a.master));
+}
