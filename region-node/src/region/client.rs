@@ -436,7 +436,7 @@ impl RegionState {
         slot.master = None;
         slot.subscribed = false;
         slot.wants_frames = false;
-        self.clients.remove(channel);
+        self.forget_client(channel);
     }
 
     /// After a view or lease change: every ChannelClient takes its routing step (the
@@ -504,7 +504,14 @@ impl RegionState {
     }
 
     fn client_slot(&mut self, channel: &str) -> &mut ClientSlot {
-        self.clients.entry(channel.to_owned()).or_default()
+        if !self.clients.contains_key(channel) {
+            if self.masters.contains_key(channel) {
+                self.both += 1;
+            }
+            self.clients
+                .insert(channel.to_owned(), ClientSlot::default());
+        }
+        self.clients.get_mut(channel).expect("inserted above")
     }
 
     pub(super) fn drop_client_if_idle(&mut self, channel: &str) {
@@ -530,7 +537,7 @@ impl RegionState {
         // Gone connections stay until their members had time to leave, so a new
         // master still hears of them.
         if slot.inflight.is_empty() && slot.gone.is_empty() {
-            self.clients.remove(channel);
+            self.forget_client(channel);
         }
     }
 }

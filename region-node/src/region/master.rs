@@ -341,7 +341,7 @@ impl RegionState {
 
         // Reading must not keep a channel alive that has nothing in it.
         if idle {
-            self.masters.remove(channel);
+            self.forget_master(channel);
         }
     }
 
@@ -405,7 +405,7 @@ impl RegionState {
     /// take it; publishes not yet committed are refused so their publishers resend
     /// them to the successor, where their ids make the resend harmless.
     pub(super) fn step_down(&mut self, channel: &str) {
-        let Some(slot) = self.masters.remove(channel) else {
+        let Some(slot) = self.forget_master(channel) else {
             return;
         };
         crate::observe::master_changed("stepped_down");
@@ -700,8 +700,8 @@ impl RegionState {
             info!(channel.name = channel, epoch, "took over as channel master");
         }
         crate::observe::master_changed("acquired");
-        self.masters.insert(
-            channel.to_owned(),
+        self.insert_master(
+            channel,
             MasterSlot {
                 core,
                 subscribers: BTreeSet::new(),

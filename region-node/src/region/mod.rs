@@ -90,6 +90,10 @@ pub struct RegionState {
     replicas: HashMap<String, Replica>,
     acquiring: HashMap<String, Acquire>,
     clients: HashMap<String, ClientSlot>,
+    /// Channels with both a master and a ChannelClient here, kept as either map
+    /// gains or loses one (`insert_master`, `forget_master`, `client_slot`,
+    /// `forget_client`), so counting channels needs no walk over them.
+    both: usize,
     /// The channel whose ChannelClient holds each in-flight publish, by request id,
     /// so an answer finds its publish without visiting every channel.
     inflight_channels: HashMap<u64, String>,
@@ -145,6 +149,7 @@ impl RegionState {
             replicas: HashMap::new(),
             acquiring: HashMap::new(),
             clients: HashMap::new(),
+            both: 0,
             inflight_channels: HashMap::new(),
             history: HashMap::new(),
             next_req: 1,
@@ -398,7 +403,7 @@ impl RegionState {
         slot.sweep_at = None;
         slot.core.expire(now);
         if slot.may_forget() && slot.core.is_idle(now) {
-            self.masters.remove(channel);
+            self.forget_master(channel);
         }
     }
 
@@ -435,13 +440,32 @@ impl RegionState {
         }
     }
 
-    /// Channels with a master or a ChannelClient here (or both): counted without
-    /// collecting names, since the gauges read it every second.
+    /// Channels with a master or a ChannelClient here (or both), without a walk: the
+    /// gauges read it every second.
     pub fn channel_count(&self) -> usize {
-        let masters_only = (self.masters.keys())
-            .filter(|channel| !self.clients.contains_key(*channel))
-            .count();
-        self.clients.len() + masters_only
+        self.clients.len() + self.masters.len() - self.both
+    }
+
+    fn insert_master(&mut self, channel: &str, slot: MasterSlot) {
+        let new = self.masters.insert(channel.to_owned(), slot).is_none();
+        if new && self.clients.contains_key(channel) {
+            self.both += 1;
+        }
+    }
+
+    fn forget_master(&mut self, channel: &str) -> Option<MasterSlot> {
+        let slot = self.masters.remove(channel)?;
+        if self.clients.contains_key(channel) {
+            self.both -= 1;
+        }
+        Some(slot)
+    }
+
+    fn forget_client(&mut self, channel: &str) {
+        let had = self.clients.remove(channel).is_some();
+        if had && self.masters.contains_key(channel) {
+            self.both -= 1;
+        }
     }
 
     pub fn masters_count(&self) -> usize {

@@ -111,12 +111,19 @@ impl Sim {
 
     /// Hands what `node` wants to send to the network (messages to itself were
     /// already handled by `drain`), and checks that no other node ever sequenced a
-    /// channel under an epoch this node sequences it under.
+    /// channel under an epoch this node sequences it under, and that the node's kept
+    /// channel count is what its maps hold.
     fn flush(&mut self, node: &str) {
         let Some(state) = self.nodes.get_mut(node) else {
             return;
         };
         let out = state.drain();
+        let names: BTreeSet<&String> = state.masters.keys().chain(state.clients.keys()).collect();
+        assert_eq!(
+            state.channel_count(),
+            names.len(),
+            "{node} counts its channels"
+        );
         let masters: Vec<(String, Epoch)> = state
             .masters
             .iter()
