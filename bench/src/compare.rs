@@ -142,8 +142,16 @@ pub async fn run(args: CompareArgs, opts: ServerOpts, out: PathBuf) -> anyhow::R
             let run = workloads::mesh(&opts, LIGHT_SUBS, LIGHT_RATE, secs).await?;
             results.summary.push(vec![
                 format!("mesh p99, {LIGHT_SUBS} subs @ {LIGHT_RATE}/s (3 nodes vs 1)"),
-                format!("{:.2} ms", run.three_nodes.p99_ms),
-                format!("{:.2} ms (one node)", run.one_node.p99_ms),
+                format!(
+                    "{:.2} ms{}",
+                    run.three_nodes.p99_ms,
+                    shortfall(&run.three_nodes)
+                ),
+                format!(
+                    "{:.2} ms (one node){}",
+                    run.one_node.p99_ms,
+                    shortfall(&run.one_node)
+                ),
                 format!("+{:.2} ms", run.p99_added_ms),
             ]);
             results.mesh.push(run);
@@ -191,13 +199,10 @@ pub async fn run(args: CompareArgs, opts: ServerOpts, out: PathBuf) -> anyhow::R
             results.summary.push(vec![
                 format!("federation p50/p99, {LIGHT_SUBS} subs @ {LIGHT_RATE}/s, no delay"),
                 format!(
-                    "homed at subscriber {:.2}/{:.2} ms",
-                    run.homed_at_subscriber.p50_ms, run.homed_at_subscriber.p99_ms
+                    "homed at subscriber {}",
+                    latencies(&run.homed_at_subscriber)
                 ),
-                format!(
-                    "homed at publisher {:.2}/{:.2} ms",
-                    run.homed_at_publisher.p50_ms, run.homed_at_publisher.p99_ms
-                ),
+                format!("homed at publisher {}", latencies(&run.homed_at_publisher)),
                 String::new(),
             ]);
             results.federation.push(run);
@@ -618,4 +623,23 @@ fn plot_channels(results: &Results, out: &std::path::Path) -> anyhow::Result<()>
         },
         &series,
     )
+}
+
+/// p50/p99 of a step, with its delivery when that fell short: latencies of messages
+/// that never arrived are no latencies at all.
+fn latencies(step: &StepResult) -> String {
+    format!(
+        "{:.2}/{:.2} ms{}",
+        step.p50_ms,
+        step.p99_ms,
+        shortfall(step)
+    )
+}
+
+/// " (delivered 12.5%)" when a step lost messages, else nothing.
+fn shortfall(step: &StepResult) -> String {
+    if step.delivery >= 0.999 {
+        return String::new();
+    }
+    format!(" (delivered {:.1}%)", step.delivery * 100.0)
 }

@@ -128,6 +128,10 @@ pub struct ControlPlane {
     /// The region's bridge addresses as this node knows them (its own and its live
     /// peers'), registered whenever they differ from what the catalog holds.
     bridges: Mutex<Vec<String>>,
+    /// Wakes the heartbeat when the bridge addresses change, so other regions can
+    /// reach a new node (or a region that just started) at once rather than after
+    /// up to a heartbeat period.
+    bridges_changed: tokio::sync::Notify,
     timeout: Duration,
 }
 
@@ -168,6 +172,7 @@ impl ControlPlane {
             lease_period: Duration::from_millis(config.global.lease_ms),
             region: config.node.region.clone(),
             bridges: Mutex::new(Vec::new()),
+            bridges_changed: tokio::sync::Notify::new(),
             timeout: Duration::from_millis(config.global.request_timeout_ms),
         });
 
@@ -193,7 +198,10 @@ impl ControlPlane {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
             loop {
-                ticker.tick().await;
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = self.bridges_changed.notified() => {}
+                }
                 let Some(command) = self.heartbeat_command(&region) else {
                     continue;
                 };
@@ -307,10 +315,13 @@ impl ControlPlane {
         }
     }
 
-    /// The bridge addresses this node's region should be reached at; registered by
-    /// the next heartbeat if the catalog holds others.
+    /// The bridge addresses this node's region should be reached at; a change wakes
+    /// the heartbeat, which registers them if the catalog holds others.
     pub fn set_bridges(&self, addrs: Vec<String>) {
-        *self.bridges.lock() = addrs;
+        let changed = std::mem::replace(&mut *self.bridges.lock(), addrs.clone()) != addrs;
+        if changed {
+            self.bridges_changed.notify_one();
+        }
     }
 
     /// Whether the node follows the global master's changes now (for `/health`).

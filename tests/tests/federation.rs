@@ -48,6 +48,23 @@ async fn attach_when_linked(client: &mut Client, channel: &str) -> Result<Value>
     }
 }
 
+/// A heartbeat period far longer than [`LINK_UP`], and a lease to match.
+const SLOW_HEARTBEAT_MS: &str = "60000";
+const SLOW_LEASE_MS: &str = "180000";
+
+/// A bridged node of `region` whose heartbeats come only once a minute.
+async fn slow_heartbeat_node(group: &GlobalGroup, region: &str) -> Result<Node> {
+    let config = format!(
+        "[node]\nid = \"{region}-1\"\nregion = \"{region}\"\ncluster_secret = \"{SECRET}\"\n\n\
+         [bridge]\nlisten = \"127.0.0.1:0\"\nretry_ms = 200\n\n{}",
+        group.node_config(region)?
+    );
+    let options = (NodeOptions::default().config(config))
+        .env("STARLING_GLOBAL__HEARTBEAT_MS", SLOW_HEARTBEAT_MS)
+        .env("STARLING_GLOBAL__LEASE_MS", SLOW_LEASE_MS);
+    Node::start_with(options).await
+}
+
 fn names(messages: &[Value]) -> Vec<String> {
     let name = |m: &Value| m["name"].as_str().unwrap_or_default().to_owned();
     messages.iter().map(name).collect()
@@ -143,6 +160,34 @@ async fn publishers_in_both_regions_reach_subscribers_in_both_in_one_order() -> 
 }
 
 /// REST history of `channel` through `node`, oldest first.
+/// A node registers its bridge address as soon as it listens, not at its next
+/// heartbeat: with heartbeats a minute apart, the other region still reaches a
+/// channel homed in a region that has just started within [`LINK_UP`].
+#[tokio::test]
+async fn a_region_that_just_started_is_reachable_before_its_next_heartbeat() -> Result<()> {
+    let group = GlobalGroup::start(3).await?;
+    let eu = slow_heartbeat_node(&group, "eu").await?;
+    let us = slow_heartbeat_node(&group, "us").await?;
+
+    eprintln!("phase: eu homes the channel; a subscriber attaches there");
+    let mut eu_pub = Client::connect(&eu, "", Format::Msgpack).await?;
+    let first = eu_pub.publish_answered("fresh", "eu-0").await?;
+    ensure!(is_action(&first, action::ACK), "eu publish: {first}");
+    let mut eu_sub = Client::connect(&eu, "", Format::Msgpack).await?;
+    eu_sub.attach("fresh").await?;
+
+    eprintln!("phase: us reaches the home within {LINK_UP:?} (heartbeats every 60 s)");
+    let mut us_sub = Client::connect(&us, "", Format::Msgpack).await?;
+    attach_when_linked(&mut us_sub, "fresh").await?;
+    let mut us_pub = Client::connect(&us, "", Format::Json).await?;
+    let ack = us_pub.publish_answered("fresh", "us-0").await?;
+    ensure!(is_action(&ack, action::ACK), "us publish: {ack}");
+
+    let seen = eu_sub.collect_messages("fresh", 1).await?;
+    ensure!(names(&seen) == ["us-0"], "eu saw {:?}", names(&seen));
+    Ok(())
+}
+
 async fn history(node: &Node, channel: &str) -> Result<Vec<Value>> {
     let url = node.url(&format!(
         "/channels/{channel}/messages?direction=forwards&limit=100"
