@@ -32,7 +32,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
 type Socket = WebSocketStream<Box<dyn Transport>>;
 
-/// One decoded frame: its JSON view and, for MessagePack frames, the value as sent.
+/// One decoded frame: its JSON view (MESSAGE frames filled in from the frame as a
+/// client fills them) and, for MessagePack frames, the value as sent.
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub value: Value,
@@ -405,6 +406,12 @@ impl Client {
     /// Decodes a data frame, insisting on the frame type the format requires: text for
     /// JSON (browsers cannot parse binary), binary for MessagePack.
     fn decode(&self, message: WsMessage) -> anyhow::Result<Frame> {
+        let mut frame = self.decode_raw(message)?;
+        fill_from_parent(&mut frame.value);
+        Ok(frame)
+    }
+
+    fn decode_raw(&self, message: WsMessage) -> anyhow::Result<Frame> {
         match (self.format, message) {
             (Format::Json, WsMessage::Text(text)) => Ok(Frame {
                 value: serde_json::from_str(text.as_str())
@@ -420,6 +427,38 @@ impl Client {
             }
             (format, other) => bail!("{format:?} connection got the wrong frame type: {other:?}"),
         }
+    }
+}
+
+/// What ably-js does to a MESSAGE frame before reading its messages
+/// (`populateFieldsFromParent`): a message without `connectionId` or `timestamp` takes
+/// the frame's, one without `id` gets `<frame id>:<index>`. The node leaves those out
+/// of the bytes where they are the same, so tests read messages as a client would.
+/// ([`Frame::msgpack`] keeps the bytes as sent.)
+fn fill_from_parent(frame: &mut Value) {
+    if !is_action(frame, crate::action::MESSAGE) {
+        return;
+    }
+    let parent = |key: &str| frame.get(key).cloned();
+    let (id, connection_id, timestamp) =
+        (parent("id"), parent("connectionId"), parent("timestamp"));
+    let Some(messages) = frame.get_mut("messages").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for (index, message) in messages.iter_mut().enumerate() {
+        let Some(message) = message.as_object_mut() else {
+            continue;
+        };
+        let mut fill = |key: &str, value: Option<Value>| {
+            if let (false, Some(value)) = (message.contains_key(key), value) {
+                message.insert(key.to_owned(), value);
+            }
+        };
+        fill("connectionId", connection_id.clone());
+        fill("timestamp", timestamp.clone());
+        let derived = (id.as_ref().and_then(Value::as_str))
+            .map(|base| Value::from(format!("{base}:{index}")));
+        fill("id", derived);
     }
 }
 

@@ -486,7 +486,11 @@ impl Pump {
         loop {
             let body = match inbox.recv().await {
                 Outgoing::Frame(Encoded::Binary(bytes)) => match codec::decode_msgpack(&bytes) {
-                    Ok(frame) => self.translate(frame),
+                    Ok(mut frame) => {
+                        // The bytes leave out what a receiver derives from the frame.
+                        frame.fill_from_parent();
+                        self.translate(frame)
+                    }
                     Err(error) => {
                         debug!("undecodable frame for a bridge: {error}");
                         None

@@ -72,6 +72,28 @@ impl ProtocolMessage {
             ..Self::default()
         }
     }
+
+    /// What a receiver does with a MESSAGE frame before reading its messages (ably-js
+    /// `populateFieldsFromParent`): a message without `connectionId` or `timestamp`
+    /// takes the frame's, one without `id` gets `<frame id>:<index>`. The encoder
+    /// leaves those out of the bytes where they are the same (`codec::encode`), so
+    /// anything here that decodes frames a node sent (the bridge, tests) calls this.
+    pub fn fill_from_parent(&mut self) {
+        if self.action != action::MESSAGE {
+            return;
+        }
+        for (index, m) in self.messages.iter_mut().flatten().enumerate() {
+            if m.connection_id.is_none() {
+                m.connection_id.clone_from(&self.connection_id);
+            }
+            if m.timestamp.is_none() {
+                m.timestamp = self.timestamp;
+            }
+            if m.id.is_none() {
+                m.id = self.id.as_ref().map(|base| format!("{base}:{index}"));
+            }
+        }
+    }
 }
 
 /// `connectionDetails` of CONNECTED. ably-js throws without `connectionKey`.

@@ -476,8 +476,9 @@ impl Conn {
                 Outgoing::Frame(Encoded::Binary(bytes)) => codec::decode_msgpack(&bytes),
                 other => panic!("{} was cut off: {other:?}", self.label),
             };
-            self.frames
-                .push(frame.expect("a frame the node encoded decodes"));
+            let mut frame = frame.expect("a frame the node encoded decodes");
+            frame.fill_from_parent();
+            self.frames.push(frame);
         }
         &self.frames
     }
