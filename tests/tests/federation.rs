@@ -25,13 +25,17 @@ async fn bridged_node(group: &GlobalGroup, region: &str) -> Result<Node> {
 
 /// A node of `region` with a bridge listener and `extra` lines in its `[bridge]`.
 async fn bridged_node_with(group: &GlobalGroup, region: &str, extra: &str) -> Result<Node> {
+    Node::start_with(bridged_options(group, region, extra)?).await
+}
+
+fn bridged_options(group: &GlobalGroup, region: &str, extra: &str) -> Result<NodeOptions> {
     let config = format!(
         "[node]\nid = \"{region}-1\"\nregion = \"{region}\"\ncluster_secret = \"{SECRET}\"\n\n\
          [bridge]\nlisten = \"127.0.0.1:0\"\n\
          retry_ms = 200\n{extra}\n{}",
         group.node_config(region)?
     );
-    Node::start_with(NodeOptions::default().config(config)).await
+    Ok(NodeOptions::default().config(config))
 }
 
 /// Attaches, retrying while the region cannot reach the channel's home yet.
@@ -54,12 +58,7 @@ const SLOW_LEASE_MS: &str = "180000";
 
 /// A bridged node of `region` whose heartbeats come only once a minute.
 async fn slow_heartbeat_node(group: &GlobalGroup, region: &str) -> Result<Node> {
-    let config = format!(
-        "[node]\nid = \"{region}-1\"\nregion = \"{region}\"\ncluster_secret = \"{SECRET}\"\n\n\
-         [bridge]\nlisten = \"127.0.0.1:0\"\nretry_ms = 200\n\n{}",
-        group.node_config(region)?
-    );
-    let options = (NodeOptions::default().config(config))
+    let options = (bridged_options(group, region, "")?)
         .env("STARLING_GLOBAL__HEARTBEAT_MS", SLOW_HEARTBEAT_MS)
         .env("STARLING_GLOBAL__LEASE_MS", SLOW_LEASE_MS);
     Node::start_with(options).await
@@ -159,7 +158,6 @@ async fn publishers_in_both_regions_reach_subscribers_in_both_in_one_order() -> 
     Ok(())
 }
 
-/// REST history of `channel` through `node`, oldest first.
 /// A node registers its bridge address as soon as it listens, not at its next
 /// heartbeat: with heartbeats a minute apart, the other region still reaches a
 /// channel homed in a region that has just started within [`LINK_UP`].
@@ -188,6 +186,7 @@ async fn a_region_that_just_started_is_reachable_before_its_next_heartbeat() -> 
     Ok(())
 }
 
+/// REST history of `channel` through `node`, oldest first.
 async fn history(node: &Node, channel: &str) -> Result<Vec<Value>> {
     let url = node.url(&format!(
         "/channels/{channel}/messages?direction=forwards&limit=100"
