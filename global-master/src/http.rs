@@ -66,37 +66,81 @@ const ROLES: [ServerState; 5] = [
     ServerState::Shutdown,
 ];
 
-/// Keeps the raft gauges current, once a second. Not on every change of openraft's
-/// metrics: they change on every heartbeat and on every `with_raft_state` call (which
-/// the commit index needs), so following them kept an idle node busy on a core. Ends
-/// with the raft.
+/// Keeps the raft gauges current: when what they show changes (a new role, term,
+/// leader or log position), and once a second for the commit index, which openraft's
+/// metrics do not carry. Changes that show nothing new (openraft reports heartbeat
+/// acknowledgements too, and the commit index read itself counts as one) are skipped:
+/// following every one of them kept an idle node busy on a core. Ends with the raft.
 pub async fn export_metrics(member: Arc<Member>) {
     let mut changes = member.raft.metrics();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         let metrics = changes.borrow_and_update().clone();
-        for role in ROLES {
-            let value = if role == metrics.state { 1.0 } else { 0.0 };
-            metrics::gauge!("starling_raft_role", "role" => role_name(role)).set(value);
-        }
         let index = |id: Option<openraft::LogId<u64>>| id.map_or(0.0, |id| id.index as f64);
-        metrics::gauge!("starling_raft_term").set(metrics.current_term as f64);
-        metrics::gauge!("starling_raft_applied_index").set(index(metrics.last_applied));
-        metrics::gauge!("starling_raft_last_log_index")
-            .set(metrics.last_log_index.unwrap_or(0) as f64);
-        metrics::gauge!("starling_raft_snapshot_index").set(index(metrics.snapshot));
-        metrics::gauge!("starling_raft_leader_id").set(metrics.current_leader.unwrap_or(0) as f64);
-        metrics::gauge!("starling_raft_voters")
-            .set(metrics.membership_config.voter_ids().count() as f64);
+        let shown = GaugeValues {
+            state: metrics.state,
+            term: metrics.current_term,
+            leader: metrics.current_leader.unwrap_or(0),
+            applied: index(metrics.last_applied),
+            last_log: metrics.last_log_index.unwrap_or(0),
+            snapshot: index(metrics.snapshot),
+            voters: metrics.membership_config.voter_ids().count(),
+        };
+        shown.export();
         if let Ok(committed) = member.raft.with_raft_state(|st| st.committed).await {
             metrics::gauge!("starling_raft_commit_index").set(index(committed));
         }
         metrics::gauge!("starling_global_catalog_version")
             .set(member.reader.read(|s| s.version()) as f64);
 
-        ticker.tick().await;
-        if changes.has_changed().is_err() {
-            return;
+        // Until the next second, or a change that shows something new.
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = ticker.tick() => break,
+            }
+            if !shown.matches(&changes.borrow()) {
+                break;
+            }
         }
+    }
+}
+
+/// What the raft gauges show, to tell a change worth exporting from one that is not.
+#[derive(PartialEq)]
+struct GaugeValues {
+    state: ServerState,
+    term: u64,
+    leader: u64,
+    applied: f64,
+    last_log: u64,
+    snapshot: f64,
+    voters: usize,
+}
+
+impl GaugeValues {
+    fn export(&self) {
+        for role in ROLES {
+            let value = if role == self.state { 1.0 } else { 0.0 };
+            metrics::gauge!("starling_raft_role", "role" => role_name(role)).set(value);
+        }
+        metrics::gauge!("starling_raft_term").set(self.term as f64);
+        metrics::gauge!("starling_raft_applied_index").set(self.applied);
+        metrics::gauge!("starling_raft_last_log_index").set(self.last_log as f64);
+        metrics::gauge!("starling_raft_snapshot_index").set(self.snapshot);
+        metrics::gauge!("starling_raft_leader_id").set(self.leader as f64);
+        metrics::gauge!("starling_raft_voters").set(self.voters as f64);
+    }
+
+    /// Whether `metrics` would show the same.
+    fn matches(&self, metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> bool {
+        let index = |id: Option<openraft::LogId<u64>>| id.map_or(0.0, |id| id.index as f64);
+        self.state == metrics.state
+            && self.term == metrics.current_term
+            && self.leader == metrics.current_leader.unwrap_or(0)
+            && self.applied == index(metrics.last_applied)
+            && self.last_log == metrics.last_log_index.unwrap_or(0)
+            && self.snapshot == index(metrics.snapshot)
+            && self.voters == metrics.membership_config.voter_ids().count()
     }
 }
