@@ -122,7 +122,7 @@ fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 /// `timestamp` are left out where the receiver derives the same value from the frame
 /// (`<frame id>:<index>`, the frame's own; ably-js `populateFieldsFromParent`, and
 /// [`ProtocolMessage::fill_from_parent`] here). For 100-byte messages that is about
-/// 65 of each message's 220 bytes, which every subscriber's socket no longer copies.
+/// 65 of each message's 230 bytes, which every subscriber's socket no longer copies.
 /// The frame in memory keeps every field; only the bytes are trimmed.
 fn wire_view(pm: &ProtocolMessage) -> Cow<'_, ProtocolMessage> {
     let Some(messages) = pm
