@@ -57,7 +57,16 @@ pub(super) struct Uncommitted {
     serials: Vec<Option<String>>,
     reply_to: NodeId,
     req: u64,
+    /// When it was sequenced: a copy is taken to lag only once a publish waited on it
+    /// longer than a confirmation takes.
+    since_ms: i64,
 }
+
+/// How long a publish may wait for a copy's confirmation before the copy counts as
+/// lagging and is sent the whole state. A confirmation takes a round trip on the mesh
+/// (well under a millisecond); without this wait, any publish still in flight at a
+/// tick sent a full snapshot, several times a second under steady load.
+const LAGGING_AFTER_MS: i64 = super::TICK_MS as i64;
 
 /// A copy of a channel another node sequences, and the epoch of that master.
 pub(super) struct Replica {
@@ -241,6 +250,7 @@ impl RegionState {
             serials: sequenced.serials,
             reply_to: from,
             req,
+            since_ms: self.now_ms,
         });
         self.schedule.uncommitted.mark(channel);
         if sequenced.entries.is_empty() {
@@ -519,8 +529,8 @@ impl RegionState {
     }
 
     /// A copy holder that missed entries (it refused them while its view disagreed,
-    /// or a link flapped) holds back every publish; on each tick it is sent the whole
-    /// state again. Only masters that sequenced something since they last had nothing
+    /// or a link flapped) holds back every publish; on each tick, once the oldest
+    /// publish waited on it for `LAGGING_AFTER_MS`, it is sent the whole state again. Only masters that sequenced something since they last had nothing
     /// pending are looked at.
     pub(super) fn resend_to_lagging_copies(&mut self) {
         let mut resends = Vec::new();
@@ -532,12 +542,16 @@ impl RegionState {
             let Some(head) = slot.pending.front() else {
                 continue;
             };
+            // Still marked: the next tick looks again.
+            self.schedule.uncommitted.mark(&channel);
+            if self.now_ms - head.since_ms < LAGGING_AFTER_MS {
+                continue;
+            }
             for copy in &slot.copies {
                 if slot.confirmed.get(copy).is_none_or(|p| *p < head.upto) {
                     resends.push((channel.clone(), copy.clone()));
                 }
             }
-            self.schedule.uncommitted.mark(&channel);
         }
         for (channel, copy) in resends {
             self.send_snapshot(&channel, copy);
