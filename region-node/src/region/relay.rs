@@ -224,10 +224,9 @@ impl RegionState {
         self.declare_interest(channel);
         // Members held by a node of this region that died before this relay began
         // (the previous relay's, say) leave at the home.
-        // TODO: a relay nobody uses for an unreachable home stops when idle and this
-        // report's repeats start it again, with a new report, until the link is back:
-        // a few visits per tick per such channel. A presence report alone should not
-        // start a relay again.
+        // Known cost (docs/architecture.md, known gaps): for a home whose link is down,
+        // an unused relay stops when idle and this report's repeats start it again
+        // until the link is back, a few visits per tick per such channel.
         self.report_alive(channel);
         for (from, msg) in queued {
             self.on_relay_msg(from, msg);
